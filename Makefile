@@ -1,0 +1,53 @@
+# yume-data: every user-facing command. `make demo` and `make test` work on a fresh clone
+# with only python3 and make: they build .venv first.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+DATA    ?= ./data
+SEKAI   ?=
+CLIPS   ?= 8
+
+.PHONY: setup demo test test-all lint bench sekai-actions sample-sekai clean
+
+setup: $(STAMP)
+
+# torch is pinned to the local CPU build first, so nothing pulls a CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/yume-data sample-sekai --out $(DATA)/sample-sekai --clips $(CLIPS) --video
+	$(BIN)/yume-data sekai-actions --sekai $(DATA)/sample-sekai --out $(DATA)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-all: setup
+	$(BIN)/python -m pytest -q -m ''
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: setup
+	$(BIN)/python -m tests.bench.run_all
+
+sample-sekai: setup
+	$(BIN)/yume-data sample-sekai --out $(DATA)/sample-sekai --clips $(CLIPS) --video
+
+# SEKAI=<release dir>; without it, the job runs on generated sample data.
+sekai-actions: setup
+ifeq ($(SEKAI),)
+	$(BIN)/yume-data sample-sekai --out $(DATA)/sample-sekai --clips $(CLIPS)
+	$(BIN)/yume-data sekai-actions --sekai $(DATA)/sample-sekai --out $(DATA)
+else
+	$(BIN)/yume-data sekai-actions --sekai $(SEKAI) --out $(DATA)
+endif
+
+clean:
+	rm -rf $(DATA) bench-out

@@ -1,0 +1,1 @@
+"""Record contracts: manifest tables, shard sample metadata, screening CSV."""

@@ -1,0 +1,35 @@
+"""`make bench`: run every tests/bench/bench_*.py and write bench-out/<name>.json.
+
+Each bench module has ``main() -> dict``; targets are ratios against a baseline measured in
+the same process, so the numbers mean the same on any machine.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+OUT = Path("bench-out")
+
+
+def main(argv: list[str]) -> int:
+    names = argv or sorted(p.stem for p in Path(__file__).parent.glob("bench_*.py"))
+    OUT.mkdir(exist_ok=True)
+    failed = []
+    for name in names:
+        print(f"== {name}", flush=True)
+        t0 = time.perf_counter()
+        result = importlib.import_module(f"tests.bench.{name}").main()
+        result["wall_s"] = round(time.perf_counter() - t0, 2)
+        (OUT / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
+        print(json.dumps(result, indent=2, default=str), flush=True)
+        failed += [f"{name}:{k}" for k, ok in result.get("targets_met", {}).items() if not ok]
+    print("targets missed: " + (", ".join(failed) if failed else "none"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
