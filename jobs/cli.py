@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 app = typer.Typer(
@@ -12,6 +14,129 @@ app = typer.Typer(
 )
 
 # ---- actions (issue: sekai-actions) -------------------------------------------------------
+Paths = list[Path]
+
+
+def _resolution(text: str) -> tuple[int, int]:
+    w, h = (int(v) for v in text.lower().split("x"))
+    return w, h
+
+
+@app.command("sample-sekai")
+def sample_sekai(
+    out: Path = typer.Option(
+        Path("data/sample-sekai"), help="Folder to write the sample release to."
+    ),
+    clips: int = typer.Option(8, min=1, help="Number of clips."),
+    frames: int = typer.Option(600, min=2, help="Frames per clip at 30 fps (real Sekai: 1800)."),
+    seed: int = typer.Option(0, help="Random seed; the same seed writes the same release."),
+    video: bool = typer.Option(
+        False, "--video", help="Also render an mp4 per clip from its trajectory."
+    ),
+    video_size: str = typer.Option("384x216", help="Rendered video size WIDTHxHEIGHT."),
+    corrupt: bool = typer.Option(False, "--corrupt", help="Mix in one bad input of each kind."),
+) -> None:
+    """Write a small Sekai-format release (CSV + npz trajectories [+ mp4]) with known motion.
+
+    The motions (walks, strafes, turns, tilts, standing still, combinations; pose resets every
+    300 frames) are saved as ground_truth.parquet, the reference for end-to-end tests.
+    """
+    from curation.sample_sekai import write_sample_release
+
+    info = write_sample_release(
+        out, clips, frames, seed, video=video, video_size=_resolution(video_size), corrupt=corrupt
+    )
+    typer.echo(f"wrote {info['clips']} clips x {frames} frames to {out}")
+
+
+@app.command("sekai-actions")
+def sekai_actions(
+    sekai: Paths = typer.Option(
+        [], help="Sekai release folder: annotation CSV(s) + trajectory .npz files. Repeatable."
+    ),
+    trajectories: Paths = typer.Option(
+        [], help="Folder of bare .npz/.npy (N,4,4) trajectories; clip id = file stem. Repeatable."
+    ),
+    segments: Paths = typer.Option(
+        [], help="Yume segment folders (Keys_*_Mouse_*/<id>.npy + .txt). Repeatable."
+    ),
+    out: Path = typer.Option(Path("data"), help="Data root: writes manifests/ and reports/ here."),
+    translation_threshold: float = typer.Option(
+        1e-4, help="Per-frame camera translation that counts as a key press."
+    ),
+    rotation_threshold: float = typer.Option(
+        1e-3, help="Per-frame rotation (radians) that counts as a mouse move."
+    ),
+    stride: int = typer.Option(
+        1, min=1, help="Label frame i against frame i+stride (thresholds scale with it)."
+    ),
+    euler: str = typer.Option(
+        "xyz", help="scipy Euler sequence for the mouse angles (lower case: extrinsic)."
+    ),
+    fps: float = typer.Option(30.0, help="Trajectory frame rate (Sekai: 30)."),
+    min_frames: int = typer.Option(33, min=2, help="Shortest segment kept, in frames."),
+    max_frames: int = typer.Option(
+        0, min=0, help="Split runs longer than this many frames (0: never)."
+    ),
+    export_yume: Path | None = typer.Option(
+        None, help="Also write segments in Yume's Keys_X_Mouse_Y/<id>.npy+.txt layout here."
+    ),
+    batch_size: int = typer.Option(256, min=1, help="Trajectory files per Ray task."),
+    address: str | None = typer.Option(
+        None, envvar="RAY_ADDRESS", help="Ray cluster address; default: start Ray on this machine."
+    ),
+    num_cpus: int | None = typer.Option(None, help="CPUs for the local Ray (default: all)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Discard earlier results in --out instead of resuming."
+    ),
+) -> None:
+    """Label camera trajectories with keyboard/mouse action tokens and cut action segments.
+
+    Writes manifests/actions.parquet (one row per segment), manifests/action_clips.parquet
+    (per-clip token arrays), manifests/actions.rejects.parquet and reports/actions.json with
+    PNG plots. Rerunning on the same --out resumes. Exit code: 0 when every input was accepted,
+    3 when the job finished but rejected some inputs, 1 on a fatal error.
+    """
+    from curation.action_stage import ActionStageConfig
+    from curation.actions import LabelConfig
+    from jobs.sekai_actions import ActionsJob, run
+
+    if not (sekai or trajectories or segments):
+        raise typer.BadParameter("give at least one of --sekai, --trajectories, --segments")
+    stage = ActionStageConfig(
+        label=LabelConfig(
+            translation_threshold=translation_threshold,
+            rotation_threshold=rotation_threshold,
+            stride=stride,
+            euler=euler,
+        ),
+        fps=fps,
+        min_frames=min_frames,
+        max_frames=max_frames or None,
+    )
+    job = ActionsJob(
+        out=out,
+        sekai=sekai,
+        trajectories=trajectories,
+        segments=segments,
+        stage=stage,
+        export_yume=export_yume,
+        batch_size=batch_size,
+        address=address,
+        num_cpus=num_cpus,
+        overwrite=overwrite,
+    )
+    s = run(job)
+    typer.echo(
+        f"inputs {s['inputs']} = accepted {s['accepted']} + rejected {s['rejected']}; "
+        f"{s['segments']} segments; {s['elapsed_s']} s; report {out / 'reports' / 'actions.json'}"
+    )
+    for reason, n in s["rejects_by_reason"].items():
+        typer.echo(f"  rejected {n:5d}  {reason}")
+    if s["rejected"]:
+        raise typer.Exit(3)
+
+
 # ---- end actions ----------------------------------------------------------------------------
 
 # ---- clips -----------------------------------------------------------------------------------

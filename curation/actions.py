@@ -1,0 +1,299 @@
+"""Camera trajectories to discrete keyboard/mouse action tokens (Yume's quantisation).
+
+Per consecutive frame pair the relative motion in the current camera frame,
+``T_rel = inv(T_i) @ T_{i+1}``, is quantised: translation to keys (W/S on camera z, D/A on
+camera x), rotation to mouse arrows (Euler angle about y: left/right, about x: up/down).
+Everything is vectorised over frames; callers concatenate many files into one array to
+vectorise over files too (see ``label_codes``' ``pair_mask``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from schemas.actions import KEY_CODE, KEYS, MOUSE, MOUSE_CODE
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """Quantisation thresholds. The defaults reproduce the labels Yume published for Sekai."""
+
+    translation_threshold: float = 1e-4  # per frame, in Sekai's normalised units
+    rotation_threshold: float = 1e-3  # radians per frame
+    stride: int = 1  # label frame i against frame i+stride; thresholds scale with it
+    euler: str = "xyz"  # scipy sequence: lower case = extrinsic
+    reset_identity_tol: float = 1e-5  # a pose this close to identity after one that is not
+    reset_step_factor: float = 50.0  # or a step this many times the median step ...
+    reset_min_translation: float = 0.05  # ... and at least this large (units per stride)
+    reset_min_rotation: float = 0.3  # ... or a rotation at least this large (radians)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Key code lookup: index = 3 * fwd + side, fwd/side in {0: none, 1: +, 2: -}.
+# fwd: + is W (z > t), - is S; side: + is D (x > t), - is A.
+_KEY_TABLE = np.array(
+    [KEY_CODE[k] for k in ("None", "D", "A", "W", "W+D", "W+A", "S", "S+D", "S+A")],
+    dtype=np.uint8,
+)
+# Mouse code lookup: index = 3 * vertical + horizontal, {0: none, 1: up / right, 2: down / left}.
+_MOUSE_TABLE = np.array(
+    [MOUSE_CODE[m] for m in ("·", "→", "←", "↑", "↑→", "↑←", "↓", "↓→", "↓←")],
+    dtype=np.uint8,
+)
+
+
+def _ternary(v: np.ndarray, threshold: float) -> np.ndarray:
+    """0 when |v| <= threshold, 1 when above +threshold, 2 when below -threshold."""
+    return np.where(v > threshold, 1, np.where(v < -threshold, 2, 0)).astype(np.int64)
+
+
+def relative_motion(c2w: np.ndarray, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Relative translation (M, 3) and rotation (M, 3, 3) of frame i+stride seen from frame i.
+
+    Uses the rigid inverse (R^T, -R^T p): the inputs are validated rigid transforms, so this
+    equals ``inv(T_i) @ T_{i+stride}`` without a general 4x4 inverse per pair.
+    """
+    c2w = np.asarray(c2w, dtype=np.float64)
+    a, b = c2w[:-stride], c2w[stride:]
+    r_a_t = np.swapaxes(a[:, :3, :3], 1, 2)  # (M, 3, 3) R_i^T
+    t_rel = np.einsum("nij,nj->ni", r_a_t, b[:, :3, 3] - a[:, :3, 3])  # (M, 3)
+    r_rel = r_a_t @ b[:, :3, :3]  # (M, 3, 3)
+    return t_rel, r_rel
+
+
+def euler_xy(r_rel: np.ndarray, seq: str = "xyz") -> tuple[np.ndarray, np.ndarray]:
+    """Angles about the camera x (pitch) and y (yaw) axes of each rotation, in radians.
+
+    ``"xyz"`` (scipy extrinsic, R = Rz Ry Rx) has a closed form; any other scipy sequence
+    goes through ``Rotation.as_euler``.
+    """
+    if seq == "xyz":
+        ax = np.arctan2(r_rel[:, 2, 1], r_rel[:, 2, 2])
+        ay = np.arcsin(np.clip(-r_rel[:, 2, 0], -1.0, 1.0))
+        return ax, ay
+    angles = Rotation.from_matrix(r_rel).as_euler(seq)
+    lower = seq.lower()
+    return angles[:, lower.index("x")], angles[:, lower.index("y")]
+
+
+def codes_from_motion(
+    t_rel: np.ndarray, r_rel: np.ndarray, config: LabelConfig = LabelConfig()
+) -> tuple[np.ndarray, np.ndarray]:
+    """Quantise relative motions (from ``relative_motion``) to key and mouse codes."""
+    ax, ay = euler_xy(r_rel, config.euler)
+    t = config.translation_threshold * config.stride
+    r = config.rotation_threshold * config.stride
+    keys = _KEY_TABLE[3 * _ternary(t_rel[:, 2], t) + _ternary(t_rel[:, 0], t)]
+    # Pitch about +x turns the view up (y points down), yaw about +y turns it right.
+    mouse = _MOUSE_TABLE[3 * _ternary(ax, r) + _ternary(ay, r)]
+    return keys, mouse
+
+
+def label_codes(
+    c2w: np.ndarray, config: LabelConfig = LabelConfig()
+) -> tuple[np.ndarray, np.ndarray]:
+    """Key and mouse codes (uint8 into KEYS / MOUSE) of each frame pair, length N - stride."""
+    return codes_from_motion(*relative_motion(c2w, config.stride), config)
+
+
+def label_frames(
+    c2w: np.ndarray, config: LabelConfig = LabelConfig()
+) -> tuple[list[str], list[str]]:
+    """Keys and mouse labels (e.g. ``"W+A"``, ``"↑→"``) of each consecutive frame pair.
+
+    ``c2w`` is (N, 4, 4) camera-to-world in OpenCV axes; the result has length N - 1
+    (N - stride with a stride).
+    """
+    keys, mouse = label_codes(c2w, config)
+    return [KEYS[k] for k in keys], [MOUSE[m] for m in mouse]
+
+
+def detect_resets(c2w: np.ndarray, config: LabelConfig = LabelConfig()) -> np.ndarray:
+    """Indices of frame pairs (i, i+stride) that are pose re-anchorings, not motion."""
+    return resets_from_motion(c2w, *relative_motion(c2w, config.stride), config)
+
+
+def resets_from_motion(
+    c2w: np.ndarray, t_rel: np.ndarray, r_rel: np.ndarray, config: LabelConfig = LabelConfig()
+) -> np.ndarray:
+    """Reset pairs of one trajectory, given its relative motions.
+
+    Sekai re-anchors poses to identity every 300 frames. A reset is a pose that snaps to
+    identity after one that was not identity, or a step far beyond the trajectory's median
+    step (and large in absolute terms, so a still camera's jitter never counts).
+    """
+    s = config.stride
+    off_identity = (
+        np.abs(np.asarray(c2w, dtype=np.float64) - np.eye(4)).reshape(len(c2w), -1).max(axis=1)
+    )
+    tol = config.reset_identity_tol
+    snap = (off_identity[s:] <= tol) & (off_identity[:-s] > tol)
+    step = np.linalg.norm(t_rel, axis=1)
+    angle = np.arccos(np.clip((np.trace(r_rel, axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0))
+    f = config.reset_step_factor
+    jump_t = step > max(f * float(np.median(step)), config.reset_min_translation * s)
+    jump_r = angle > max(f * float(np.median(angle)), config.reset_min_rotation * s)
+    return np.flatnonzero(snap | jump_t | jump_r)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A maximal run of one label: frames start..end inclusive (trajectory frames)."""
+
+    start: int
+    end: int
+    keys: int  # code into KEYS
+    mouse: int  # code into MOUSE
+
+    @property
+    def num_frames(self) -> int:
+        return self.end - self.start + 1
+
+
+def segment_runs(
+    keys: np.ndarray,
+    mouse: np.ndarray,
+    resets: np.ndarray | None = None,
+    *,
+    min_frames: int = 33,
+    max_frames: int | None = None,
+    stride: int = 1,
+) -> list[Segment]:
+    """Split per-pair labels into segments of one (keys, mouse) label.
+
+    Pair i covers frames i*stride..(i+1)*stride, so a run of pairs i..j spans frames
+    i*stride..(j+1)*stride. Runs never cross a reset pair, are kept only when they span at
+    least ``min_frames`` frames, and runs longer than ``max_frames`` are split evenly.
+    """
+    n = len(keys)
+    if n == 0:
+        return []
+    label = keys.astype(np.int64) * len(MOUSE) + mouse.astype(np.int64)
+    valid = np.ones(n, dtype=bool)
+    if resets is not None and len(resets):
+        valid[np.asarray(resets)] = False
+    # A run starts where the label changes, or validity changes.
+    change = np.ones(n, dtype=bool)
+    change[1:] = (label[1:] != label[:-1]) | (valid[1:] != valid[:-1])
+    starts = np.flatnonzero(change)
+    ends = np.append(starts[1:], n) - 1
+    out: list[Segment] = []
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        if not valid[a]:
+            continue
+        f0, f1 = a * stride, (b + 1) * stride
+        if f1 - f0 + 1 < min_frames:
+            continue
+        for c0, c1 in _split_even(f0, f1, max_frames):
+            out.append(Segment(c0, c1, int(keys[a]), int(mouse[a])))
+    return out
+
+
+def _split_even(f0: int, f1: int, max_frames: int | None) -> list[tuple[int, int]]:
+    """Split frames f0..f1 into the fewest near-equal chunks of at most max_frames frames."""
+    length = f1 - f0 + 1
+    if max_frames is None or length <= max_frames:
+        return [(f0, f1)]
+    parts = -(-length // max_frames)
+    bounds = np.linspace(f0, f1 + 1, parts + 1).round().astype(int)
+    return [(int(bounds[i]), int(bounds[i + 1]) - 1) for i in range(parts)]
+
+
+def _angles_deg(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    nu, nv = np.linalg.norm(u, axis=-1), np.linalg.norm(v, axis=-1)
+    ok = (nu > 1e-12) & (nv > 1e-12)
+    cos = np.einsum("...i,...i->...", u, v) / np.where(ok, nu * nv, 1.0)
+    return np.where(ok, np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))), np.nan)
+
+
+def segment_speeds(c2w: np.ndarray, start: int, end: int, fps: float) -> tuple[float, float, float]:
+    """Yume's speeds of frames start..end: distance (units/s), turn and view rotation (deg).
+
+    distance = mean |Δposition| × fps; turn = mean angle between successive displacement
+    vectors; view rotation = mean angle between successive camera z axes.
+    """
+    pos = np.asarray(c2w[start : end + 1, :3, 3], dtype=np.float64)
+    z = np.asarray(c2w[start : end + 1, :3, 2], dtype=np.float64)
+    d = np.diff(pos, axis=0)
+    distance = float(np.linalg.norm(d, axis=1).mean() * fps) if len(d) else 0.0
+    turns = _angles_deg(d[:-1], d[1:]) if len(d) > 1 else np.array([])
+    turn = float(np.nanmean(turns)) if np.isfinite(turns).any() else 0.0
+    views = _angles_deg(z[:-1], z[1:]) if len(z) > 1 else np.array([])
+    view = float(np.nanmean(views)) if np.isfinite(views).any() else 0.0
+    return distance, turn, view
+
+
+# Published phrase sets. Yume (Yume 1 data code) and Yume-5B (its later release).
+YUME_KEYS = {
+    "W": "Person moves forward (W).",
+    "A": "Person moves left (A).",
+    "S": "Person moves backward (S).",
+    "D": "Person moves right (D).",
+    "W+A": "Person moves forward and left (W+A).",
+    "W+D": "Person moves forward and right (W+D).",
+    "S+D": "Person moves backward and right (S+D).",
+    "S+A": "Person moves backward and left (S+A).",
+    "None": "Person stands still (·).",
+}
+YUME_MOUSE = {
+    "→": "Camera turns right (→).",
+    "←": "Camera turns left (←).",
+    "↑": "Camera tilts up (↑).",
+    "↓": "Camera tilts down (↓).",
+    "↑→": "Camera tilts up and turns right (↑→).",
+    "↑←": "Camera tilts up and turns left (↑←).",
+    "↓→": "Camera tilts down and turns right (↓→).",
+    "↓←": "Camera tilts down and turns left (↓←).",
+    "·": "Camera remains still (·).",
+}
+YUME5B_KEYS = {
+    "W": "The camera pushes forward (W).",
+    "A": "The camera moves to the left (A).",
+    "S": "The camera pulls back (S).",
+    "D": "The camera moves to the right (D).",
+    "W+A": "The camera pushes forward and moves to the left (W+A).",
+    "W+D": "The camera pushes forward and moves to the right (W+D).",
+    "S+A": "The camera pulls back and moves to the left (S+A).",
+    "S+D": "The camera pulls back and moves to the right (S+D).",
+    "None": "The camera's movement direction remains stationary (·).",
+}
+YUME5B_MOUSE = {
+    "→": "The camera pans to the right (→).",
+    "←": "The camera pans to the left (←).",
+    "↑": "The camera tilts up (↑).",
+    "↓": "The camera tilts down (↓).",
+    "↑→": "The camera tilts up and pans to the right (↑→).",
+    "↑←": "The camera tilts up and pans to the left (↑←).",
+    "↓→": "The camera tilts down and pans to the right (↓→).",
+    "↓←": "The camera tilts down and pans to the left (↓←).",
+    "·": "The rotation direction of the camera remains stationary (·).",
+}
+PHRASES = {"yume": (YUME_KEYS, YUME_MOUSE), "yume5b": (YUME5B_KEYS, YUME5B_MOUSE)}
+
+
+def _fmt(v: float) -> str:
+    return f"{round(float(v), 2):g}"
+
+
+def action_text(
+    keys: str,
+    mouse: str,
+    style: str = "yume",
+    speeds: tuple[float, float, float] | None = None,
+) -> str:
+    """The action description of one (keys, mouse) label, optionally with Yume's speed suffix."""
+    key_phrases, mouse_phrases = PHRASES[style]
+    text = key_phrases[keys] + mouse_phrases[mouse]
+    if speeds is not None:
+        distance, turn, view = speeds
+        text += (
+            f"Actual distance moved:{_fmt(distance)} at 100 meters per second."
+            f"Angular change rate (turn speed):{_fmt(turn)}."
+            f"View rotation speed:{_fmt(view)}."
+        )
+    return text

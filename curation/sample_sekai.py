@@ -1,0 +1,233 @@
+"""A small synthetic Sekai release with known motion, for the demo and end-to-end tests.
+
+Each clip is a program of motion primitives (walk forward, strafe, turn, tilt, stand still
+and combinations), integrated in the camera frame, re-anchored to identity every 300 frames
+like Sekai, with pose noise well below the labelling thresholds. The primitive of each frame
+pair is the ground truth the labeller must recover (``ground_truth.parquet``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from scipy.spatial.transform import Rotation
+
+from curation.manifest import atomic_write_bytes, write_table
+from schemas.actions import KEY_CODE, KEYS, MOUSE, MOUSE_CODE
+
+GROUND_TRUTH_SCHEMA = pa.schema(
+    [
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("keys", pa.list_(pa.uint8()), nullable=False),  # per pair, codes into KEYS
+        pa.field("mouse", pa.list_(pa.uint8()), nullable=False),
+        pa.field("resets", pa.list_(pa.int32()), nullable=False),  # pair indices
+    ]
+)
+
+RESET_EVERY = 300
+INTRINSIC_1080P = np.array([[1000.0, 0.0, 960.0], [0.0, 1000.0, 540.0], [0.0, 0.0, 1.0]])
+_ID_CHARS = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
+_SCENES = ["street", "plaza", "park", "old town", "waterfront"]
+_WEATHER = ["sunny", "cloudy", "overcast", "rainy"]
+_TIME = ["morning", "noon", "afternoon", "evening", "night"]
+_CROWD = ["empty", "sparse", "moderate", "crowded"]
+
+
+@dataclass(frozen=True)
+class SampleClip:
+    clip_id: str
+    c2w: np.ndarray  # (N, 4, 4) float32, re-anchored every RESET_EVERY frames
+    keys: np.ndarray  # (N-1,) uint8 ground-truth codes per pair
+    mouse: np.ndarray  # (N-1,)
+    resets: np.ndarray  # pair indices that are re-anchorings
+
+
+def _axis_signs(label: str, pos: str, neg: str) -> int:
+    return 1 if pos in label else (-1 if neg in label else 0)
+
+
+def synth_trajectory(
+    rng: np.random.Generator, num_frames: int, clip_id: str = "clip"
+) -> SampleClip:
+    """One trajectory of random motion primitives (each 40-140 frames) with its labels."""
+    step = np.zeros((num_frames - 1, 4, 4))
+    keys = np.zeros(num_frames - 1, dtype=np.uint8)
+    mouse = np.zeros(num_frames - 1, dtype=np.uint8)
+    i, last = 0, None
+    while i < num_frames - 1:
+        n = int(rng.integers(40, 141))
+        label = last
+        while label == last:  # neighbouring primitives differ, so runs are unambiguous
+            label = (KEYS[rng.integers(len(KEYS))], MOUSE[rng.integers(len(MOUSE))])
+        last = label
+        k, m = label
+        sl = slice(i, min(i + n, num_frames - 1))
+        cnt = sl.stop - sl.start
+        speed = rng.uniform(1.5e-3, 3e-3)
+        turn = rng.uniform(3e-3, 8e-3)
+        fwd = _axis_signs(k, "W", "S") * speed
+        side = _axis_signs(k, "D", "A") * speed
+        pitch = _axis_signs(m, "↑", "↓") * turn
+        yaw = _axis_signs(m, "→", "←") * turn
+        t = np.stack(
+            [
+                np.full(cnt, side) + rng.normal(0, 1e-5, cnt),
+                3e-4 * np.sin(np.arange(cnt) * 0.4) + rng.normal(0, 1e-5, cnt),  # walking bob
+                np.full(cnt, fwd) + rng.normal(0, 1e-5, cnt),
+            ],
+            axis=1,
+        )
+        ang = np.stack(
+            [
+                np.full(cnt, pitch) + rng.normal(0, 1e-4, cnt),
+                np.full(cnt, yaw) + rng.normal(0, 1e-4, cnt),
+                rng.normal(0, 1e-4, cnt),
+            ],
+            axis=1,
+        )
+        step[sl, :3, :3] = Rotation.from_euler("xyz", ang).as_matrix()
+        step[sl, :3, 3] = t
+        step[sl, 3, 3] = 1.0
+        keys[sl], mouse[sl] = KEY_CODE[k], MOUSE_CODE[m]
+        i = sl.stop
+
+    world = np.empty((num_frames, 4, 4))
+    world[0] = np.eye(4)
+    for j in range(num_frames - 1):  # c2w_{j+1} = c2w_j @ step_j (motion in the camera frame)
+        world[j + 1] = world[j] @ step[j]
+    anchors = (np.arange(num_frames) // RESET_EVERY) * RESET_EVERY
+    anchored = np.linalg.inv(world[anchors]) @ world
+    scale = max(1.0, float(np.abs(anchored[:, :3, 3]).max()))
+    anchored[:, :3, 3] /= scale
+    resets = np.arange(RESET_EVERY - 1, num_frames - 1, RESET_EVERY, dtype=np.int32)
+    return SampleClip(clip_id, anchored.astype(np.float32), keys, mouse, resets)
+
+
+def _youtube_id(rng: np.random.Generator) -> str:
+    chars = rng.choice(_ID_CHARS, 11)
+    chars[int(rng.integers(1, 10))] = "_"  # ids may contain '_': the parser must cope
+    return "".join(chars)
+
+
+def _npz_bytes(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def write_sample_release(
+    out: str | Path,
+    clips: int = 8,
+    frames: int = 600,
+    seed: int = 0,
+    video: bool = False,
+    video_size: tuple[int, int] = (384, 216),
+    corrupt: bool = False,
+) -> dict:
+    """Write ``sekai.csv``, ``trajectories/*.npz``, optional ``videos/*.mp4`` and the ground truth.
+
+    With ``corrupt`` also writes one input of each bad kind (and CSV rows for them), which
+    the actions job must reject with a reason while finishing the rest.
+    """
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    rows, truth = [], []
+    for c in range(clips):
+        yt = _youtube_id(rng)
+        start = int(rng.integers(0, 200)) * 1800
+        clip_id = f"{yt}_{start:07d}_{start + frames:07d}"
+        clip = synth_trajectory(rng, frames, clip_id)
+        atomic_write_bytes(
+            out / "trajectories" / f"{clip_id}.npz",
+            _npz_bytes(intrinsic=INTRINSIC_1080P.astype(np.float32), extrinsic=clip.c2w),
+        )
+        if video:
+            from curation.render import render_clip
+
+            render_clip(
+                clip.c2w,
+                INTRINSIC_1080P,
+                out / "videos" / f"{clip_id}.mp4",
+                fps=30.0,
+                size=video_size,
+            )
+        rows.append(
+            {
+                "videoFile": f"{clip_id}.mp4",
+                "caption": f"A first-person walk through a synthetic {_SCENES[c % len(_SCENES)]} "
+                "of coloured pillars on a grid.",
+                "location": "procedural",
+                "scene": _SCENES[c % len(_SCENES)],
+                "crowdDensity": _CROWD[c % len(_CROWD)],
+                "weather": _WEATHER[c % len(_WEATHER)],
+                "timeOfDay": _TIME[c % len(_TIME)],
+                "sampleSeed": str(seed),
+            }
+        )
+        truth.append(
+            {"clip_id": clip_id, "keys": clip.keys, "mouse": clip.mouse, "resets": clip.resets}
+        )
+    expected_bad = _write_corrupt(out, rng, rows) if corrupt else {}
+    csv = pd.DataFrame(rows).to_csv(index=False).encode()
+    atomic_write_bytes(out / "sekai.csv", csv)
+    gt = pa.table(
+        {
+            "clip_id": [t["clip_id"] for t in truth],
+            "keys": [t["keys"].tolist() for t in truth],
+            "mouse": [t["mouse"].tolist() for t in truth],
+            "resets": [t["resets"].tolist() for t in truth],
+        }
+    )
+    write_table(gt, out / "ground_truth.parquet", GROUND_TRUTH_SCHEMA)
+    info = {
+        "clips": clips,
+        "frames": frames,
+        "seed": seed,
+        "video": video,
+        "expected_rejects": expected_bad,
+    }
+    atomic_write_bytes(out / "sample_info.json", json.dumps(info, indent=2).encode())
+    return info
+
+
+def _write_corrupt(out: Path, rng: np.random.Generator, rows: list[dict]) -> dict[str, int]:
+    """One bad input of each kind, plus a duplicate CSV row; returns {reason: count}."""
+    good = np.tile(np.eye(4, dtype=np.float32), (60, 1, 1))
+    good[:, 2, 3] = np.arange(60) * 2e-3
+    bad: dict[str, bytes | None] = {}
+    nan = good.copy()
+    nan[10, 0, 3] = np.nan
+    bad["badnan_0000000_0000060"] = _npz_bytes(extrinsic=nan)
+    skew = good.copy()
+    skew[5, :3, :3] *= 1.5
+    bad["badrigid_0000000_0000060"] = _npz_bytes(extrinsic=skew)
+    bad["badshape_0000000_0000060"] = _npz_bytes(extrinsic=good[:, :3, :])
+    bad["badshort_0000000_0000010"] = _npz_bytes(extrinsic=good[:10])
+    bad["badtrunc_0000000_0000060"] = _npz_bytes(extrinsic=good)[:100]
+    bad["badpickle_0000000_0000060"] = _npz_bytes(extrinsic=np.array([{"a": 1}], dtype=object))
+    bad["badmissing_0000000_0000060"] = None  # CSV row whose npz does not exist
+    reasons = {
+        "badnan_0000000_0000060": "non_finite",
+        "badrigid_0000000_0000060": "not_rigid",
+        "badshape_0000000_0000060": "bad_shape",
+        "badshort_0000000_0000010": "too_short",
+        "badtrunc_0000000_0000060": "corrupt_file",
+        "badpickle_0000000_0000060": "needs_pickle",
+        "badmissing_0000000_0000060": "missing_trajectory",
+        "not-a-clip-name.mp4": "bad_video_file_name",
+    }
+    for clip_id, data in bad.items():
+        if data is not None:
+            atomic_write_bytes(out / "trajectories" / f"{clip_id}.npz", data)
+        rows.append({"videoFile": f"{clip_id}.mp4", "caption": "corrupt sample"})
+    rows.append({"videoFile": "not-a-clip-name.mp4", "caption": "unparseable name"})
+    rows.append(dict(rows[0]))  # the same clip listed twice
+    counts = {r: 1 for r in reasons.values()}
+    counts["duplicate_clip_id"] = 1
+    return counts

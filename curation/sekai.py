@@ -1,0 +1,218 @@
+"""Sekai release layouts: finding trajectory inputs, and Yume's segment-folder format.
+
+Three input layouts become one list of items, each a plain dict (so Ray can ship it):
+- a Sekai release: annotation CSV(s) whose first column is ``<youtubeId>_<start>_<end>.mp4``
+  plus ``<youtubeId>_<start>_<end>.npz`` trajectories anywhere below the folder;
+- a folder of bare ``.npz`` / ``.npy`` trajectories (clip id = file stem);
+- Yume segment folders ``Keys_<keys>_Mouse_<mouse>/<id>.npy`` with a ``<id>.txt`` label.
+Anything that cannot become an item becomes a rejects row instead.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from curation.manifest import atomic_write_bytes
+from schemas.actions import CSV_COLUMNS, KEYS, MOUSE, MOUSE_FOLDER_NAMES
+
+_CLIP_NAME = re.compile(r"^(?P<yt>.+)_(?P<start>\d+)_(?P<end>\d+)$")
+_SEGMENT_DIR = re.compile(r"^Keys_.+_Mouse_.+$")
+
+
+def parse_clip_name(name: str) -> tuple[str, int, int]:
+    """``<youtubeId>_<startFrame>_<endFrame>[.mp4]`` -> (youtubeId, start, end).
+
+    YouTube ids may contain ``_``, so the two numbers are taken from the right.
+    """
+    stem = name[:-4] if name.endswith(".mp4") else name
+    m = _CLIP_NAME.match(stem)
+    if not m or int(m["end"]) <= int(m["start"]):
+        raise ValueError(f"{name!r} is not <youtubeId>_<startFrame>_<endFrame>.mp4")
+    return m["yt"], int(m["start"]), int(m["end"])
+
+
+def _item(clip_id: str, path: Path, kind: str, **fields: object) -> dict:
+    item = {
+        "clip_id": clip_id,
+        "path": str(path),
+        "kind": kind,
+        "video_file": None,
+        "youtube_id": None,
+        "clip_start_frame": None,
+        "clip_end_frame": None,
+        "extra": None,
+        "reference_keys": None,
+        "reference_mouse": None,
+        **{c: None for c in CSV_COLUMNS},
+    }
+    item.update(fields)
+    return item
+
+
+def _reject(input_: str, reason: str, detail: str, clip_id: str | None = None) -> dict:
+    return {
+        "stage": "actions",
+        "input": input_,
+        "clip_id": clip_id,
+        "reason": reason,
+        "detail": detail,
+    }
+
+
+def _clip_fields(name: str) -> dict:
+    try:
+        yt, start, end = parse_clip_name(name)
+    except ValueError:
+        return {}
+    return {"youtube_id": yt, "clip_start_frame": start, "clip_end_frame": end}
+
+
+def discover_sekai(root: str | Path) -> tuple[list[dict], list[dict]]:
+    """Items and rejects for a Sekai release folder (CSV rows joined to npz by file stem)."""
+    root = Path(root)
+    npz = {}
+    for p in sorted(root.rglob("*.npz")):
+        npz.setdefault(p.stem, p)
+    items: list[dict] = []
+    rejects: list[dict] = []
+    referenced: set[str] = set()
+    for csv in sorted(root.rglob("*.csv")):
+        try:
+            df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
+            rejects.append(_reject(str(csv), "bad_csv", f"cannot parse CSV: {e}"))
+            continue
+        if df.shape[1] == 0:
+            rejects.append(_reject(str(csv), "bad_csv", "CSV has no columns"))
+            continue
+        first = df.columns[0]
+        others = [c for c in df.columns[1:] if c not in CSV_COLUMNS]
+        for row_no, row in enumerate(df.to_dict("records"), start=2):
+            where = f"{csv}:{row_no}"
+            video_file = str(row[first]).strip()
+            try:
+                yt, start, end = parse_clip_name(video_file)
+            except ValueError as e:
+                rejects.append(_reject(where, "bad_video_file_name", str(e)))
+                continue
+            clip_id = video_file[:-4] if video_file.endswith(".mp4") else video_file
+            referenced.add(clip_id)
+            path = npz.get(clip_id)
+            if path is None:
+                rejects.append(
+                    _reject(where, "missing_trajectory", f"no {clip_id}.npz under {root}", clip_id)
+                )
+                continue
+            meta = {c: (row.get(c) or None) for c in CSV_COLUMNS}
+            extra = {c: row[c] for c in others if row[c] != ""}
+            items.append(
+                _item(
+                    clip_id,
+                    path,
+                    "sekai",
+                    video_file=video_file,
+                    youtube_id=yt,
+                    clip_start_frame=start,
+                    clip_end_frame=end,
+                    extra=json.dumps(extra, ensure_ascii=False) if extra else None,
+                    **meta,
+                )
+            )
+    for stem, path in npz.items():
+        if stem not in referenced:  # a trajectory with no CSV row still counts as an input
+            items.append(_item(stem, path, "sekai", **_clip_fields(stem)))
+    return items, rejects
+
+
+def discover_trajectories(root: str | Path) -> tuple[list[dict], list[dict]]:
+    """Items for a folder of bare ``.npz`` / ``.npy`` trajectories; clip id = file stem."""
+    paths = sorted(p for p in Path(root).rglob("*") if p.suffix in (".npz", ".npy"))
+    return [_item(p.stem, p, "trajectory", **_clip_fields(p.stem)) for p in paths], []
+
+
+def parse_segment_txt(text: str) -> dict[str, str]:
+    """Yume's segment label file: ``Start Frame:``, ``End Frame:``, ``Keys:``, ``Mouse:`` lines."""
+    out = {}
+    for line in text.splitlines():
+        if ":" in line:
+            k, v = line.split(":", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def discover_segments(root: str | Path) -> tuple[list[dict], list[dict]]:
+    """Items for Yume segment folders ``Keys_*_Mouse_*/<id>.npy`` with their published label."""
+    items, rejects = [], []
+    for folder in sorted(
+        p for p in Path(root).rglob("*") if p.is_dir() and _SEGMENT_DIR.match(p.name)
+    ):
+        for npy in sorted(folder.glob("*.npy")):
+            txt = npy.with_suffix(".txt")
+            label = parse_segment_txt(txt.read_text(encoding="utf-8")) if txt.exists() else {}
+            keys, mouse = label.get("Keys"), label.get("Mouse")
+            if keys not in KEYS or mouse not in MOUSE:
+                rejects.append(
+                    _reject(
+                        str(npy), "bad_label_file", f"{txt.name}: keys={keys!r} mouse={mouse!r}"
+                    )
+                )
+                continue
+            items.append(
+                _item(
+                    npy.stem,
+                    npy,
+                    "yume_segment",
+                    **_clip_fields(npy.stem.split("_frames_")[0]),
+                    reference_keys=keys,
+                    reference_mouse=mouse,
+                )
+            )
+    return items, rejects
+
+
+def dedupe(items: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Keep the first item of each clip id; later ones become ``duplicate_clip_id`` rejects."""
+    seen: dict[str, str] = {}
+    kept, rejects = [], []
+    for it in items:
+        first = seen.get(it["clip_id"])
+        if first is None:
+            seen[it["clip_id"]] = it["path"]
+            kept.append(it)
+        else:
+            rejects.append(
+                _reject(it["path"], "duplicate_clip_id", f"clip id also at {first}", it["clip_id"])
+            )
+    return kept, rejects
+
+
+def segment_folder(keys: str, mouse: str) -> str:
+    """Yume's folder name of a label: ``Keys_W_A_Mouse_Left``, ``Keys_None_Mouse_·``."""
+    return f"Keys_{keys.replace('+', '_')}_Mouse_{MOUSE_FOLDER_NAMES[mouse]}"
+
+
+def segment_txt(start: int, end: int, keys: str, mouse: str) -> str:
+    """Yume's segment label file text (frames inclusive)."""
+    return (
+        f"Start Frame: {start}\nEnd Frame: {end}\nDuration: {end - start + 1} frames\n"
+        f"Keys: {keys}\nMouse: {mouse}\n"
+    )
+
+
+def export_segment(
+    out: Path, clip_id: str, c2w: np.ndarray, start: int, end: int, keys: str, mouse: str
+) -> Path:
+    """Write one segment in Yume's layout (``.npy`` slice + ``.txt`` label), atomically."""
+    folder = out / segment_folder(keys, mouse)
+    stem = f"{clip_id}_frames_{start:05d}-{end:05d}"
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(c2w[start : end + 1], dtype=np.float32))
+    atomic_write_bytes(folder / f"{stem}.npy", buf.getvalue())
+    atomic_write_bytes(folder / f"{stem}.txt", segment_txt(start, end, keys, mouse).encode())
+    return folder / f"{stem}.npy"

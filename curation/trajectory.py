@@ -1,0 +1,93 @@
+"""Loading and validating camera trajectories safely (never with pickle)."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+
+class TrajectoryError(ValueError):
+    """A trajectory file that cannot be used; ``reason`` is the rejects-table code."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def load_trajectory(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read (extrinsic (N,4,4) camera-to-world, intrinsic (3,3) or None) from .npz or .npy.
+
+    Sekai ships ``.npz`` with ``extrinsic`` and ``intrinsic``; Yume segments and bare
+    trajectories are ``.npy`` arrays (N,4,4). Object arrays are refused (no pickle).
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise TrajectoryError("empty_file", f"{path.name} has zero bytes")
+        data = np.load(path, allow_pickle=False)
+        if isinstance(data, np.lib.npyio.NpzFile):
+            with data:
+                if "extrinsic" not in data.files:
+                    raise TrajectoryError(
+                        "missing_array", f"npz has no 'extrinsic' array (has {data.files})"
+                    )
+                extrinsic = data["extrinsic"]
+                intrinsic = data["intrinsic"] if "intrinsic" in data.files else None
+        else:
+            extrinsic, intrinsic = data, None
+    except TrajectoryError:
+        raise
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise TrajectoryError("needs_pickle", "array needs pickle to load; refused") from e
+        raise TrajectoryError("corrupt_file", f"cannot parse: {e}") from e
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as e:
+        raise TrajectoryError("corrupt_file", f"cannot read: {type(e).__name__}: {e}") from e
+    return extrinsic, intrinsic
+
+
+def validate_trajectory(
+    extrinsic: np.ndarray,
+    intrinsic: np.ndarray | None = None,
+    *,
+    min_frames: int = 2,
+    rigid_tol: float = 1e-3,
+) -> np.ndarray:
+    """Return ``extrinsic`` as float64 (N,4,4) or raise TrajectoryError with the reason.
+
+    Checks: numeric dtype, shape, length, finiteness, homogeneous bottom row, and that each
+    rotation is orthonormal with det +1 within ``rigid_tol`` (float32 data is ~1e-6 off).
+    """
+    if extrinsic.dtype.kind not in "fiu":
+        raise TrajectoryError("bad_dtype", f"extrinsic dtype {extrinsic.dtype} is not numeric")
+    if extrinsic.ndim != 3 or extrinsic.shape[1:] != (4, 4):
+        raise TrajectoryError("bad_shape", f"extrinsic shape {extrinsic.shape}, want (N, 4, 4)")
+    n = extrinsic.shape[0]
+    if n < min_frames:
+        raise TrajectoryError("too_short", f"{n} frames, need at least {min_frames}")
+    if intrinsic is not None and (intrinsic.shape != (3, 3) or not np.isfinite(intrinsic).all()):
+        raise TrajectoryError("bad_intrinsic", f"intrinsic shape {intrinsic.shape} or non-finite")
+    c2w = extrinsic.astype(np.float64, copy=False)
+    finite = np.isfinite(c2w).reshape(n, -1).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise TrajectoryError("non_finite", f"NaN/Inf in {len(bad)} poses, first at frame {bad[0]}")
+    bottom = np.abs(c2w[:, 3] - np.array([0.0, 0.0, 0.0, 1.0])).max(axis=1)
+    if (bottom > rigid_tol).any():
+        i = int(np.argmax(bottom))
+        raise TrajectoryError("not_homogeneous", f"bottom row of frame {i} is {c2w[i, 3].tolist()}")
+    r = c2w[:, :3, :3]
+    ortho = np.abs(np.swapaxes(r, 1, 2) @ r - np.eye(3)).reshape(n, -1).max(axis=1)
+    det = np.linalg.det(r)
+    bad = (ortho > rigid_tol) | (np.abs(det - 1.0) > rigid_tol)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise TrajectoryError(
+            "not_rigid",
+            f"{int(bad.sum())} poses are not rotations; frame {i}: "
+            f"|R^T R - I|max={ortho[i]:.3g}, det={det[i]:.4g}",
+        )
+    return c2w
