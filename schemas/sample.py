@@ -1,0 +1,203 @@
+"""The shard sample contract: the `json` member of every WebDataset sample, and the shard index.
+
+Every dataset (real Sekai, synthetic, event) writes the same sample layout, so one reader
+serves the trainer. The writer validates each sample on write; `yume-data shards verify`
+validates again. Bump SAMPLE_SCHEMA_VERSION on any incompatible change.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jsonschema
+import pyarrow as pa
+
+from schemas.actions import KEYS, MOUSE
+from schemas.common import SchemaError
+
+SAMPLE_SCHEMA_VERSION = 1
+
+# The members every sample has: the clip, its metadata and its training caption.
+REQUIRED_MEMBERS: tuple[str, ...] = ("json", "mp4", "txt")
+
+# WebDataset splits a member name at its first dot, and a key becomes part of a file name:
+# letters, digits, `_` and `-` only (Sekai/YouTube ids fit), no dots, no path separators.
+KEY_PATTERN = r"^[A-Za-z0-9_-]{1,200}$"
+_KEY_RE = re.compile(KEY_PATTERN)
+# A member's extension: `mp4`, `json`, `first.jpg`; never a path.
+_EXT_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+
+SOURCES: tuple[str, ...] = ("sekai-real", "sekai-game", "synthetic", "event")
+TASKS: tuple[str, ...] = ("t2v", "i2v")
+
+_nullable_str = {"type": ["string", "null"]}
+
+_SEGMENT = {
+    "type": "object",
+    "required": [
+        "start",
+        "end",
+        "keys",
+        "mouse",
+        "distance_speed",
+        "turn_speed",
+        "view_rotation_speed",
+        "text",
+        "text_yume5b",
+    ],
+    "properties": {
+        "start": {"type": "integer", "minimum": 0},  # output frame, inclusive
+        "end": {"type": "integer", "minimum": 0},  # output frame, inclusive
+        "keys": {"enum": list(KEYS)},
+        "mouse": {"enum": list(MOUSE)},
+        "distance_speed": {"type": "number"},
+        "turn_speed": {"type": "number"},
+        "view_rotation_speed": {"type": "number"},
+        "text": {"type": "string"},
+        "text_yume5b": {"type": "string"},
+    },
+}
+
+SAMPLE_JSON_SCHEMA: dict = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": f"yume-data/sample/v{SAMPLE_SCHEMA_VERSION}",
+    "title": "yume-data shard sample metadata",
+    "type": "object",
+    "required": [
+        "schema_version",
+        "key",
+        "source",
+        "tasks",
+        "fps",
+        "frames",
+        "width",
+        "height",
+        "source_video",
+        "source_fps",
+        "source_frame_range",
+        "keys",
+        "mouse",
+        "segments",
+        "captions",
+        "scores",
+        "screening",
+        "meta",
+        "provenance",
+    ],
+    "properties": {
+        "schema_version": {"const": SAMPLE_SCHEMA_VERSION},
+        "key": {"type": "string", "pattern": KEY_PATTERN},
+        "source": {"enum": list(SOURCES)},
+        "tasks": {"type": "array", "items": {"enum": list(TASKS)}, "uniqueItems": True},
+        "fps": {"type": "number", "exclusiveMinimum": 0},
+        "frames": {"type": "integer", "minimum": 1},
+        "width": {"type": "integer", "minimum": 1},
+        "height": {"type": "integer", "minimum": 1},
+        "source_video": {"type": "string"},
+        "source_fps": {"type": "number"},
+        "source_frame_range": {
+            "oneOf": [
+                {
+                    "type": "array",
+                    "items": {"type": "integer"},
+                    "minItems": 2,
+                    "maxItems": 2,
+                },
+                {"type": "null"},
+            ]
+        },
+        "keys": {"type": "array", "items": {"enum": list(KEYS)}},
+        "mouse": {"type": "array", "items": {"enum": list(MOUSE)}},
+        "segments": {"type": "array", "items": _SEGMENT},
+        "captions": {
+            "type": "object",
+            "required": ["scene", "event", "action"],
+            "properties": {"scene": _nullable_str, "event": _nullable_str, "action": _nullable_str},
+        },
+        "scores": {"type": "object", "additionalProperties": {"type": "number"}},
+        "screening": {
+            "oneOf": [
+                {"type": "null"},
+                {
+                    "type": "object",
+                    "required": ["decision", "reviewer", "note"],
+                    "properties": {
+                        "decision": {"enum": ["accepted", "rejected", "pending"]},
+                        "reviewer": _nullable_str,
+                        "note": _nullable_str,
+                    },
+                },
+            ]
+        },
+        "meta": {"type": "object"},
+        "provenance": {
+            "type": "object",
+            "required": ["stage", "code_version", "config_hash", "backend", "tiny_random"],
+            "properties": {
+                "stage": {"type": "string"},
+                "code_version": {"type": "string"},
+                "config_hash": {"type": "string"},
+                "backend": _nullable_str,
+                "tiny_random": {"type": "boolean"},
+            },
+        },
+    },
+}
+
+_VALIDATOR = jsonschema.Draft202012Validator(SAMPLE_JSON_SCHEMA)
+
+# One row per sample in `shards/<dataset>/index.parquet`: where it is and what it holds, so
+# verify can check every byte and a trainer can build mixtures without opening the tars.
+SHARD_INDEX_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),  # file name, e.g. real-000003.tar
+        pa.field("members", pa.list_(pa.string()), nullable=False),  # extensions, sorted
+        pa.field("sizes", pa.list_(pa.int64()), nullable=False),  # bytes per member
+        pa.field("sha256", pa.list_(pa.string()), nullable=False),  # hex digest per member
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("frames", pa.int32(), nullable=False),
+        pa.field("fps", pa.float32(), nullable=False),
+        pa.field("tiny_random", pa.bool_(), nullable=False),
+    ]
+)
+
+
+def validate_key(key: str) -> None:
+    """Raise SchemaError unless ``key`` is a safe sample key (see KEY_PATTERN)."""
+    if not isinstance(key, str) or not _KEY_RE.match(key):
+        raise SchemaError(
+            f"bad sample key {key!r}: use 1-200 letters, digits, '_' or '-' "
+            "(no dots, no path separators)"
+        )
+
+
+def validate_member_name(ext: str) -> None:
+    """Raise SchemaError unless ``ext`` is a plain member extension such as ``mp4``."""
+    if not isinstance(ext, str) or not _EXT_RE.match(ext):
+        raise SchemaError(f"bad member name {ext!r}: not a plain extension")
+
+
+def validate_sample(meta: dict) -> None:
+    """Raise SchemaError with every problem of one sample's metadata, or return None."""
+    errors = sorted(_VALIDATOR.iter_errors(meta), key=lambda e: list(e.absolute_path))
+    if errors:
+        shown = "; ".join(
+            f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message[:200]}"
+            for e in errors[:5]
+        )
+        more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+        raise SchemaError(f"sample {meta.get('key', '?')!r} invalid: {shown}{more}")
+    frames = meta["frames"]
+    problems = []
+    if meta["keys"] and len(meta["keys"]) != frames:
+        problems.append(f"keys has {len(meta['keys'])} entries for {frames} frames")
+    if len(meta["mouse"]) != len(meta["keys"]):
+        problems.append(f"mouse has {len(meta['mouse'])} entries, keys {len(meta['keys'])}")
+    for i, seg in enumerate(meta["segments"]):
+        if seg["start"] > seg["end"]:
+            problems.append(f"segments/{i}: start {seg['start']} > end {seg['end']}")
+        if seg["end"] > frames - 1:
+            problems.append(f"segments/{i}: end {seg['end']} beyond last frame {frames - 1}")
+    if problems:
+        raise SchemaError(f"sample {meta['key']!r} invalid: " + "; ".join(problems))
