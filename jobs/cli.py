@@ -143,6 +143,65 @@ def sekai_actions(
 # ---- end clips -------------------------------------------------------------------------------
 
 # ---- shards ----------------------------------------------------------------------------------
+shards_app = typer.Typer(
+    help="WebDataset shards (shards/<dataset>/<dataset>-%06d.tar + index.parquet): "
+    "write staged samples, verify every byte and frame, summarise.",
+    no_args_is_help=True,
+)
+app.add_typer(shards_app, name="shards")
+
+
+@shards_app.command("write")
+def shards_write(
+    staging: Path = typer.Option(..., help="Staging folder of <key>.mp4/.txt/.json samples."),
+    out: Path = typer.Option(..., help="Data root; shards go to OUT/shards/DATASET/."),
+    dataset: str = typer.Option(..., help="Dataset name, e.g. real, synthetic, event."),
+    max_samples: int = typer.Option(1000, help="Most samples per shard."),
+    max_bytes: int = typer.Option(2**30, help="Most bytes per shard."),
+) -> None:
+    """Pack complete staged samples not yet indexed into new shards (resumable).
+
+    Bad samples are listed in OUT/manifests/shards_DATASET.rejects.parquet.
+    """
+    from jobs.shards import run_write
+
+    run_write(staging, out, dataset, max_samples=max_samples, max_bytes=max_bytes)
+
+
+@shards_app.command("verify")
+def shards_verify(
+    root: Path = typer.Argument(..., help="Data root (all shards/<dataset>/) or one dataset."),
+    decode: str = typer.Option(
+        "ends", help="mp4 check: 'ends' first+last frame, 'full' every frame, 'none' header."
+    ),
+    workers: int = typer.Option(2, help="Processes verifying shards in parallel."),
+    report: Path | None = typer.Option(None, help="JSON report (ROOT/reports/shards_verify.json)."),
+) -> None:
+    """Check shards: members, sha256 vs index, json schema, mp4 frames/fps/size.
+
+    Exits non-zero on any failure; details in the JSON report.
+    """
+    from jobs.shards import run_verify
+
+    if decode not in ("ends", "full", "none"):
+        raise typer.BadParameter("decode must be ends, full or none")
+    if not run_verify(root, decode=decode, workers=workers, report_path=report)["ok"]:
+        raise typer.Exit(1)
+
+
+@shards_app.command("stats")
+def shards_stats(
+    root: Path = typer.Argument(..., help="Data root (all shards/<dataset>/) or one dataset."),
+) -> None:
+    """Samples, hours, fps/resolution/source counts, action distribution, and a PNG.
+
+    Writes ROOT/reports/shards_stats.json and shards_stats.png.
+    """
+    from jobs.shards import run_stats
+
+    run_stats(root)
+
+
 # ---- end shards ------------------------------------------------------------------------------
 
 if __name__ == "__main__":
