@@ -70,6 +70,12 @@ class LinearAttentionFusion(nn.Module):
         self.norm = nn.RMSNorm(width, eps=eps)
         self.to_out = nn.Linear(width, width)
         self.up = nn.Linear(width, dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Default init of every layer, then ``up`` = 0 so the branch starts as a no-op."""
+        for layer in (self.down, self.to_q, self.to_k, self.to_v, self.norm, self.to_out, self.up):
+            layer.reset_parameters()
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
 

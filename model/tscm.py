@@ -4,14 +4,17 @@
 parameter name, so a local Wan2.2-TI2V-5B diffusers checkpoint loads unchanged::
 
     model = TSCMTransformer.from_pretrained(
-        "<local>/Wan2.2-TI2V-5B-Diffusers", subfolder="transformer", low_cpu_mem_usage=False
+        "<local>/Wan2.2-TI2V-5B-Diffusers", subfolder="transformer", torch_dtype=torch.bfloat16
     )
 
 The checkpoint's config.json has only Wan fields, so the TSCM fields take the paper defaults
-of ``model.configs.TSCM_DEFAULTS``. diffusers then reports the TSCM parameters as missing
-(``linear_patch_embedding.*`` and ``blocks.<i>.channel_fusion.*``): that is expected.
-``low_cpu_mem_usage=False`` makes them keep this class's initialisation (zero ``up``
-projection), under which the model equals the pretrained Wan on any input.
+of ``model.configs.TSCM_DEFAULTS`` (override them as keyword arguments). The TSCM parameters
+(``linear_patch_embedding.*`` and ``blocks.<i>.channel_fusion.*``) are missing from a Wan
+checkpoint: that is expected, they are logged and initialised so that the model equals the
+pretrained Wan on any input (zero ``up`` projection). Any other missing or unexpected key is
+an error. ``from_pretrained`` is overridden with this local-only loader because diffusers'
+generic one skips weight initialisation for keys a checkpoint lacks (and needs accelerate);
+directories written by ``save_pretrained`` load back the same way with all keys present.
 
 Per prediction block the token sequence is ``[history tokens ; prediction tokens]``:
 - temporal-spatial compression: history frames (already sampled in time by the caller, see
@@ -29,20 +32,46 @@ Per prediction block the token sequence is ``[history tokens ; prediction tokens
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
 import torch
 import torch.nn as nn
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.modeling_utils import no_init_weights
 from diffusers.models.transformers.transformer_wan import (
     WanTransformer3DModel,
     WanTransformerBlock,
 )
 
-from model.configs import TSCM_DEFAULTS, transformer_config
+from model.configs import TSCM_DEFAULTS, TSCM_FIELDS, transformer_config
 from model.linear_attention import LinearAttentionFusion
 from model.patchify import grid_positions, history_patch_sizes, multirate_patchify, patchify
 
+logger = logging.getLogger(__name__)
+
 Rope = tuple[torch.Tensor, torch.Tensor]
+
+
+def _is_tscm_key(name: str) -> bool:
+    return name.startswith("linear_patch_embedding.") or ".channel_fusion." in name
+
+
+def _weight_files(root: Path) -> list[Path]:
+    """The safetensors file(s) of a diffusers model directory, sharded or not."""
+    index = root / "diffusion_pytorch_model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [root / s for s in shards]
+    single = root / "diffusion_pytorch_model.safetensors"
+    if single.is_file():
+        return [single]
+    raise FileNotFoundError(f"no diffusion_pytorch_model.safetensors[.index.json] in {root}")
 
 
 def rope_cos_sin(
@@ -269,6 +298,68 @@ class TSCMTransformer(WanTransformer3DModel):
             if linear_channels
             else None
         )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        subfolder: str | None = None,
+        torch_dtype: torch.dtype | None = None,
+        **tscm_overrides: Any,
+    ) -> TSCMTransformer:
+        """Load a local diffusers-format Wan2.2 or TSCM transformer directory (never downloads)."""
+        unknown = set(tscm_overrides) - set(TSCM_FIELDS)
+        if unknown:
+            raise TypeError(
+                f"only TSCM fields can be overridden when loading, got {sorted(unknown)}"
+            )
+        root = Path(pretrained_model_name_or_path) / (subfolder or "")
+        if not (root / "config.json").is_file():
+            raise FileNotFoundError(f"no diffusers transformer config at {root} (local paths only)")
+        config = json.loads((root / "config.json").read_text())
+        config = {k: v for k, v in config.items() if not k.startswith("_")} | tscm_overrides
+        with no_init_weights():  # every parameter is loaded or re-initialised below
+            model = cls.from_config(config)
+
+        expected = set(model.state_dict())
+        loaded: set[str] = set()
+        for file in _weight_files(root):
+            state = safetensors.torch.load_file(file)
+            unexpected = sorted(k for k in set(state) - expected if "norm_added_q" not in k)
+            if unexpected:
+                raise ValueError(f"{file}: keys this model does not have: {unexpected[:8]}")
+            model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+            loaded |= set(state)
+        missing = expected - loaded
+        tscm_keys = {k for k in expected if _is_tscm_key(k)}
+        if missing - tscm_keys:
+            raise ValueError(
+                f"checkpoint at {root} lacks Wan keys: {sorted(missing - tscm_keys)[:8]}"
+            )
+        if missing and missing != tscm_keys:
+            raise ValueError(f"checkpoint at {root} has only part of the TSCM parameters")
+        if missing:
+            logger.info(
+                "%d TSCM parameters not in %s (a plain Wan checkpoint, expected): "
+                "initialised so the model equals Wan",
+                len(missing),
+                root,
+            )
+            model.reset_tscm_parameters()
+        if torch_dtype is not None:
+            keep_fp32 = set(cls._keep_in_fp32_modules)  # as diffusers: these stay float32
+            for name, param in model.named_parameters():
+                fp32 = bool(set(name.split(".")) & keep_fp32)
+                param.data = param.data.to(torch.float32 if fp32 else torch_dtype)
+        return model.eval()
+
+    def reset_tscm_parameters(self) -> None:
+        """Re-initialise the TSCM-only parameters; the fusion branches start as exact no-ops."""
+        if self.linear_patch_embedding is not None:
+            self.linear_patch_embedding.reset_parameters()
+        for block in self.blocks:
+            if block.channel_fusion is not None:
+                block.channel_fusion.reset_parameters()
 
     @classmethod
     def from_config_name(cls, name: str) -> TSCMTransformer:
