@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"  # .npz is a zip archive
+
 
 class TrajectoryError(ValueError):
     """A trajectory file that cannot be used; ``reason`` is the rejects-table code."""
@@ -27,6 +30,10 @@ def load_trajectory(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         if path.stat().st_size == 0:
             raise TrajectoryError("empty_file", f"{path.name} has zero bytes")
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic[:4] != _ZIP_MAGIC and magic != _NPY_MAGIC:
+            raise TrajectoryError("corrupt_file", f"{path.name} is neither .npy nor .npz data")
         data = np.load(path, allow_pickle=False)
         if isinstance(data, np.lib.npyio.NpzFile):
             with data:
