@@ -1,0 +1,73 @@
+"""Metrics: a JSONL log (plus TensorBoard when installed) and a loss-curve PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from curation.manifest import atomic_write_bytes
+
+
+class MetricsLog:
+    """Appends one JSON line per logged step; on resume drops lines past the resumed step."""
+
+    def __init__(self, out_dir: str | Path, resume_step: int | None = None):
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        rows = self.read() if resume_step is not None else []
+        kept = [r for r in rows if r["step"] <= (resume_step or 0)]
+        atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        self._tb = _tensorboard(Path(out_dir) / "tensorboard")
+
+    def log(self, row: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for k, v in row.items():
+                if isinstance(v, int | float) and not isinstance(v, bool) and k != "step":
+                    self._tb.add_scalar(k, v, row["step"])
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def plot(self, title: str) -> Path:
+        """Loss per step, T2V and I2V steps apart, with a running mean; returns the PNG path."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = [r for r in self.read() if "loss" in r]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for task in ("t2v", "i2v"):
+            pts = [(r["step"], r["loss"]) for r in rows if r.get("task") == task]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), ".", alpha=0.5, label=task)
+        if rows:
+            k = max(1, len(rows) // 10)
+            losses = [r["loss"] for r in rows]
+            mean = [
+                sum(losses[max(0, i - k + 1) : i + 1]) / len(losses[max(0, i - k + 1) : i + 1])
+                for i in range(len(losses))
+            ]
+            ax.plot([r["step"] for r in rows], mean, "-", color="black", label=f"mean of {k}")
+        ax.set(xlabel="step", ylabel="flow-matching loss", title=title)
+        ax.legend()
+        out = self.path.with_name("loss.png")
+        fig.savefig(out, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        return out
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _tensorboard(log_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(log_dir))

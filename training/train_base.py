@@ -1,0 +1,318 @@
+"""Base training of the TSCM model: one readable loop, every knob in ``TrainConfig``.
+
+Each step takes the step's task (T2V and I2V alternate), draws a batch from the dataset
+mixture, splits it into history and prediction latents, noises the prediction block with
+Wan's shifted rectified flow and regresses the velocity on prediction tokens only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from curation.manifest import atomic_write_json
+from curation.provenance import code_version
+from curation.video import H264Writer
+from model import flow
+from model.text import ActionEmbeddingCache, TextEncoder
+from model.tscm import TSCMTransformer, select_history
+from model.vae import VideoVAE
+from training import distributed
+from training.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from training.config import TrainConfig
+from training.data import Batch, Conditioner, Mixture, Stream, shard_streams
+from training.ema import EMA
+from training.metrics import MetricsLog
+
+
+def build_transformer(cfg: TrainConfig) -> TSCMTransformer:
+    """Wan2.2 weights from a local folder (TSCM branches at their identity init), or random."""
+    if cfg.weights:
+        root = Path(cfg.weights)
+        sub = "transformer" if (root / "transformer").is_dir() else None
+        model = TSCMTransformer.from_pretrained(
+            root, subfolder=sub, low_cpu_mem_usage=False, local_files_only=True
+        )
+    else:
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.seed)
+            model = TSCMTransformer.from_config_name(cfg.model)
+    if cfg.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    return model
+
+
+def predict_velocity(model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, batch: Batch, keep):
+    """The model's velocity (B, C, Fp, H, W) for noisy prediction latents ``x``."""
+    out = model(
+        hidden_states=x,
+        timestep=flow.sigma_to_timestep(sigma).to(x.device),
+        encoder_hidden_states=batch.text,
+        history=batch.history,
+        history_frame_ids=batch.history_frame_ids,
+        history_keep=keep,
+        return_dict=False,
+    )
+    return out[0] if isinstance(out, tuple) else out
+
+
+def flow_matching_loss(
+    model: nn.Module, batch: Batch, cfg: TrainConfig, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss on the prediction block; noise and sigmas from ``gen`` (CPU, checkpointed)."""
+    x0 = batch.prediction  # (B, 48, Fp, h, w) clean prediction latents
+    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+    sigma = flow.sample_sigmas(
+        x0.shape[0], generator=gen, mode=cfg.sigma_sampling, shift=cfg.shift
+    )  # (B,)
+    keep = None
+    if batch.history is not None:  # random temporal sampling of far history (1 in 32)
+        keep = select_history(batch.history.shape[2], generator=gen)
+    xt = flow.add_noise(x0, noise, sigma.to(x0.device))
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if x0.device.type == "cuda" and cfg.mixed_precision == "bf16"
+        else contextlib.nullcontext()
+    )
+    with autocast:
+        v = predict_velocity(model, xt, sigma, batch, keep)
+    return flow.flow_loss(v, x0, noise), sigma
+
+
+@torch.no_grad()
+def sample_block(
+    model: nn.Module, batch: Batch, steps: int, shift: float, gen: torch.Generator
+) -> torch.Tensor:
+    """Euler sampling of one prediction block from noise, conditioned on the batch's history."""
+    x = torch.randn(batch.prediction.shape, generator=gen).to(batch.prediction.device)
+    sigmas = flow.sampling_sigmas(steps, shift)
+    for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+        v = predict_velocity(model, x, s.expand(x.shape[0]), batch, None)
+        x = flow.euler_step(x, v.float(), s.item(), s_next.item())
+    return x
+
+
+def write_video(path: Path, video: torch.Tensor, fps: float = 16.0) -> None:
+    """uint8 (T, H, W, 3) -> H.264 mp4, via a temporary name."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f, H264Writer(f, fps, video.shape[2], video.shape[1]) as w:
+        w.write(video.numpy())
+    tmp.replace(path)
+
+
+class Trainer:
+    """Holds what the loop needs; ``run`` is the loop."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        streams: dict[tuple[str, str], Stream] | None = None,
+        resume: bool = False,
+    ):
+        self.cfg = cfg
+        self.ctx = distributed.context()
+        self.out = Path(cfg.out_dir)
+        rank = self.ctx.rank
+        torch.manual_seed(cfg.seed + rank)
+        np.random.seed(cfg.seed + rank)
+        random.seed(cfg.seed + rank)
+        self.noise_gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank)
+
+        self.vae = VideoVAE.load(cfg.vae).to(self.ctx.device)
+        self.text = TextEncoder.load(
+            cfg.text_encoder, event_len=cfg.event_len, action_len=cfg.action_len
+        ).to(self.ctx.device)
+        cache_path = self.out / f"action_cache-{cfg.action_style}.safetensors"
+        self.actions = ActionEmbeddingCache.load_or_build(self.text, cache_path, cfg.action_style)
+        self.cond = Conditioner(cfg, self.vae, self.text, self.actions)
+        self.batch_size = max(1, cfg.batch_size // self.ctx.world_size)  # per rank
+
+        streams = streams if streams is not None else shard_streams(cfg, rank)
+        self.mixture = Mixture(streams, cfg.datasets, cfg.tasks, seed=cfg.seed + 17 * rank)
+        self.val_batch = self._validation_batch(streams)
+
+        base = build_transformer(cfg).to(self.ctx.device)
+        self.ema = EMA(base, cfg.ema_decay)
+        self.model = distributed.wrap(base, self.ctx)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(
+            params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+        )
+        warm = max(cfg.warmup_steps, 1)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm))
+
+        self.step = 0
+        ckpt = latest_checkpoint(self.out) if resume else None
+        if ckpt is not None:
+            self._restore(load_checkpoint(ckpt))
+        self.log = MetricsLog(self.out, resume_step=self.step) if self.ctx.is_main else None
+
+    # ---- state ---------------------------------------------------------------------------
+
+    def _labels(self) -> dict:
+        return {
+            "tiny_random": self.cfg.tiny_random,
+            "vae": self.vae.model_id,
+            "text_encoder": self.text.model_id,
+            "transformer": self.cfg.weights or f"random-init:{self.cfg.model}",
+            "code_version": code_version(),
+        }
+
+    def _state(self) -> dict:
+        model_sd, opt_sd = distributed.model_optimizer_state(self.model, self.opt, self.ctx)
+        ema = {
+            "decay": self.ema.decay,
+            "shadow": {n: distributed.full_tensor(t) for n, t in self.ema.shadow.items()},
+        }
+        return {
+            "step": self.step,
+            "model": model_sd,
+            "optimizer": opt_sd,
+            "scheduler": self.sched.state_dict(),
+            "ema": ema,
+            "data": self.mixture.state_dict(),
+            "rng": rng_state(self.noise_gen),
+            "config": self.cfg.to_dict(),
+            "labels": self._labels(),
+        }
+
+    def _restore(self, state: dict) -> None:
+        distributed.load_model_optimizer_state(
+            self.model, self.opt, state["model"], state["optimizer"], self.ctx
+        )
+        self.sched.load_state_dict(state["scheduler"])
+        shadow = {
+            n: distributed.shard_like(t, self.ema.shadow[n])
+            for n, t in state["ema"]["shadow"].items()
+        }
+        self.ema.load_state_dict({"decay": state["ema"]["decay"], "shadow": shadow})
+        self.mixture.load_state_dict(state["data"])
+        set_rng_state(state["rng"], self.noise_gen)
+        self.step = state["step"]
+
+    def save(self) -> None:
+        state = self._state()  # collective under FSDP: every rank builds it
+        if self.ctx.is_main:
+            save_checkpoint(self.out, self.step, state)
+
+    # ---- validation ----------------------------------------------------------------------
+
+    def _validation_batch(self, streams: dict[tuple[str, str], Stream]) -> Batch | None:
+        """A fixed batch of one sample, I2V from the first frame when there is I2V data."""
+        if not self.cfg.val_every or not streams:
+            return None
+        (dataset, task) = next((k for k in sorted(streams) if k[1] == "i2v"), sorted(streams)[0])
+        sample = Stream(streams[(dataset, task)].factory, seed=10_007 + self.cfg.seed).next()
+        samples = self.cond.to_latent_samples([sample])
+        batch = self.cond.batch(samples, task, np.random.default_rng(0))
+        if batch.history is not None:  # first frame only
+            batch.history, batch.history_frame_ids = (
+                batch.history[:, :, :1],
+                batch.history_frame_ids[-1:],
+            )
+        return batch.to(self.ctx.device)
+
+    def validate(self) -> dict:
+        """Validation loss at fixed noise, and an Euler-sampled block decoded to mp4 (EMA)."""
+        batch = self.val_batch
+        model = copy.deepcopy(distributed.unwrap(self.model)).eval()
+        self.ema.copy_to(model)
+        gen = torch.Generator().manual_seed(1234)
+        with torch.no_grad():
+            val_loss, _ = flow_matching_loss(model, batch, self.cfg, gen)
+            pred = sample_block(model, batch, self.cfg.val_sampling_steps, self.cfg.shift, gen)
+        parts = [batch.history, pred] if batch.history is not None else [pred]
+        video = self.vae.decode(torch.cat(parts, dim=2))[0].cpu()  # (T, H, W, 3)
+        tag = "tiny-random" if self.cfg.tiny_random else "model"
+        path = self.out / "samples" / f"step-{self.step:06d}.{tag}.mp4"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_video(path, video)
+        atomic_write_json(
+            path.with_suffix(".json"),
+            {"step": self.step, "task": batch.task, "val_loss": val_loss.item(), **self._labels()},
+        )
+        return {"val_loss": val_loss.item(), "sample": str(path)}
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        losses: list[float] = []
+        bar = tqdm(
+            range(self.step, cfg.steps), desc=f"train {cfg.name}", disable=not self.ctx.is_main
+        )
+        t0 = time.perf_counter()
+        for _ in bar:
+            task, samples = self.mixture.draw(self.step, self.batch_size)
+            samples = self.cond.to_latent_samples(samples)
+            batch = self.cond.batch(samples, task, self.mixture.rng).to(self.ctx.device)
+
+            self.model.train()
+            loss, sigma = flow_matching_loss(self.model, batch, cfg, self.noise_gen)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.opt.step()
+            self.sched.step()
+            self.ema.update(distributed.unwrap(self.model))
+            self.step += 1
+
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", task=task)
+            row = {
+                "step": self.step,
+                "loss": losses[-1],
+                "task": task,
+                "history_frames": 0 if batch.history is None else batch.history.shape[2],
+                "sigma_mean": sigma.mean().item(),
+                "grad_norm": float(grad_norm),
+                "lr": self.sched.get_last_lr()[0],
+                "elapsed_s": round(time.perf_counter() - t0, 3),
+                "tiny_random": cfg.tiny_random,
+            }
+            if self.ctx.is_main and self.val_batch is not None and self.step % cfg.val_every == 0:
+                row |= self.validate()
+            if self.log is not None and (self.step % cfg.log_every == 0 or "val_loss" in row):
+                self.log.log(row)
+            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                self.save()
+        return self.finish(losses)
+
+    def finish(self, losses: list[float]) -> dict:
+        summary = {"steps": self.step, "losses": losses, **self._labels()}
+        if self.log is None:
+            return summary
+        rows = [r for r in self.log.read() if "loss" in r]
+        k = max(1, min(5, len(rows) // 4))
+        if rows:
+            summary |= {
+                "loss_first_mean": sum(r["loss"] for r in rows[:k]) / k,
+                "loss_last_mean": sum(r["loss"] for r in rows[-k:]) / k,
+            }
+        label = " (tiny-random)" if self.cfg.tiny_random else ""
+        summary["loss_png"] = str(self.log.plot(f"{self.cfg.name} base training{label}"))
+        atomic_write_json(
+            self.out / "summary.json", {k: v for k, v in summary.items() if k != "losses"}
+        )
+        self.log.close()
+        return summary
+
+
+def train(cfg: TrainConfig, *, streams=None, resume: bool = False) -> dict:
+    """Train ``cfg`` (or continue from ``<out>/checkpoints`` with ``resume``); returns a summary."""
+    return Trainer(cfg, streams=streams, resume=resume).run()
