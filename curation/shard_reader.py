@@ -1,0 +1,278 @@
+"""Training reader: WebDataset shards -> (history, prediction) windows as uint8 tensors.
+
+One item per sample visited: a window of ``history + pred`` frames (fewer history frames
+near the clip start, none for a pure text-to-video window), decoded with decord, only the
+frames the window needs. Shards are split by node and by DataLoader worker (or resampled
+per worker); every random choice is seeded by (seed, epoch, rank, worker), so a run is
+reproducible and workers differ. Call ``set_epoch`` each epoch, as with DistributedSampler.
+Bad samples are logged, counted in ``dataset.skipped`` and skipped; training never stops.
+
+Example::
+
+    ds = make_window_dataset("shards/real/real-{000000..000099}.tar", 32, 16, size=(352, 640))
+    batches = ds.compose(wds.batched(4, collation_fn=collate))  # equal-shape windows only
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=8)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import random
+from collections.abc import Iterator, Sequence
+
+import decord
+import torch
+import torch.nn.functional as F
+import webdataset as wds
+
+from schemas.actions import KEY_CODE, MOUSE_CODE
+from schemas.sample import TASKS
+
+log = logging.getLogger(__name__)
+
+
+class SkipCounter:
+    """A webdataset handler: warn about a bad shard or sample, count it, carry on."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, exn: Exception) -> bool:
+        self.count += 1
+        log.warning(
+            "skipping bad shard data (%d so far): %s: %s", self.count, type(exn).__name__, exn
+        )
+        return True
+
+
+class _Seeds:
+    """Seeds from (seed, epoch, rank, worker): reproducible, and distinct per worker."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed, self.epoch = seed, 0
+
+    def worker_seed(self) -> int:
+        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+        return wds.utils.make_seed(self.seed, self.epoch, rank, worker)
+
+    def rng(self, stream: int) -> random.Random:
+        return random.Random(wds.utils.make_seed(self.worker_seed(), stream))
+
+
+class _ShardList:
+    """Shard urls in an order shared by every rank and worker (so splitting is disjoint)."""
+
+    def __init__(self, urls: list[str], seeds: _Seeds, shuffle: bool) -> None:
+        self.urls, self.seeds, self.shuffle = urls, seeds, shuffle
+
+    def __call__(self) -> Iterator[dict]:
+        urls = list(self.urls)
+        if self.shuffle:
+            random.Random(wds.utils.make_seed(self.seeds.seed, self.seeds.epoch)).shuffle(urls)
+        for url in urls:
+            yield {"url": url}
+
+
+class _Shuffle:
+    def __init__(self, bufsize: int, seeds: _Seeds) -> None:
+        self.bufsize, self.seeds = bufsize, seeds
+
+    def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
+        rng = self.seeds.rng(1)
+        return wds.shuffle(self.bufsize, min(100, self.bufsize), rng=rng)(src)
+
+
+def _decord_batch(
+    mp4: bytes, indices: Sequence[int], size: tuple[int, int] | None, threads: int
+) -> torch.Tensor:
+    h, w = size if size is not None else (-1, -1)
+    vr = decord.VideoReader(
+        io.BytesIO(mp4), ctx=decord.cpu(0), width=w, height=h, num_threads=threads
+    )
+    return torch.from_numpy(vr.get_batch(list(indices)).asnumpy())
+
+
+def decode_frames(
+    mp4: bytes, indices: Sequence[int], size: tuple[int, int] | None = None, threads: int = 1
+) -> torch.Tensor:
+    """Decode only ``indices`` of an mp4 in memory -> uint8 (T, H, W, 3), resized if ``size``.
+
+    decord resizes while decoding (cheap) but fails on some output widths (a row-alignment
+    bug, e.g. 48 px); then the frames are decoded at full size and resized with torch.
+    """
+    try:
+        return _decord_batch(mp4, indices, size, threads)
+    except decord.DECORDError:
+        if size is None:
+            raise
+    frames = _decord_batch(mp4, indices, None, threads).permute(0, 3, 1, 2)  # (T, 3, H, W)
+    frames = F.interpolate(frames.float(), size=size, mode="bilinear", antialias=True)
+    return frames.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def _action_text(segments: list[dict], pred: Sequence[int]) -> str:
+    """Text of the segment covering most prediction frames ("" if none covers any)."""
+    best, best_text = 0, ""
+    for seg in segments:
+        overlap = sum(seg["start"] <= f <= seg["end"] for f in pred)
+        if overlap > best:
+            best, best_text = overlap, seg["text"]
+    return best_text
+
+
+class _Windows:
+    """Turn raw samples into windows; bad samples go to the handler, short clips are passed."""
+
+    def __init__(self, history, pred, stride, size, tasks, threads, seeds, handler) -> None:
+        self.history, self.pred, self.stride, self.size = history, pred, stride, size
+        self.tasks, self.threads, self.seeds, self.handler = tasks, threads, seeds, handler
+
+    def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
+        rng = self.seeds.rng(2)
+        for sample in src:
+            try:
+                item = self.window(sample, rng)
+            except Exception as exn:  # a bad sample must never stop training
+                exn.args = (
+                    f"sample {sample.get('__key__')!r} in {sample.get('__url__')}",
+                    *exn.args,
+                )
+                self.handler(exn)
+                continue
+            if item is not None:
+                yield item
+
+    def window(self, sample: dict, rng: random.Random) -> dict | None:
+        key = sample["__key__"]
+        meta = json.loads(sample["json"])
+        if meta["key"] != key:
+            raise ValueError(f"json names key {meta['key']!r}")
+        tasks = [t for t in self.tasks if t in meta["tasks"]]
+        n_frames, s = meta["frames"], self.stride
+        offset = rng.randrange(min(s, n_frames))  # which phase of a strided clip
+        n = len(range(offset, n_frames, s))  # strided frames available
+        task = rng.choice(tasks) if tasks else None
+        first_pred = 0 if task == "t2v" else 1  # i2v needs at least one frame before
+        if task is None or n < self.pred + first_pred:
+            log.debug("sample %s: no %s window of %d frames", key, self.tasks, self.pred)
+            return None
+        p = rng.randint(first_pred, n - self.pred)  # first prediction frame, strided units
+        h = 0 if task == "t2v" else min(self.history, p)
+        idx = [offset + s * j for j in range(p - h, p + self.pred)]  # clip frame numbers
+        video = decode_frames(sample["mp4"], idx, self.size, self.threads)  # (T, H, W, 3) uint8
+        if meta["keys"]:
+            keys = torch.tensor([KEY_CODE[meta["keys"][i]] for i in idx], dtype=torch.int64)
+            mouse = torch.tensor([MOUSE_CODE[meta["mouse"][i]] for i in idx], dtype=torch.int64)
+        else:  # no actions recorded: "None" keys, "·" mouse
+            keys = mouse = torch.zeros(len(idx), dtype=torch.int64)
+        captions = meta["captions"]
+        event = captions["scene"] if task == "t2v" else captions["event"] or captions["scene"]
+        return {
+            "__key__": key,
+            "video": video,
+            "history_frames": h,
+            "keys": keys,
+            "mouse": mouse,
+            "fps": float(meta["fps"]) / s,
+            "event_text": event or "",
+            "action_text": _action_text(meta["segments"], idx[h:]),
+            "task": task,
+            "source": meta["source"],
+            "tiny_random": bool(meta["provenance"]["tiny_random"]),
+        }
+
+
+class WindowDataset(wds.DataPipeline):
+    """The reader pipeline (an IterableDataset); ``skipped`` counts bad data in this process."""
+
+    def __init__(self, *stages, seeds: _Seeds, skipped: SkipCounter) -> None:
+        super().__init__(*stages)
+        self.seeds, self.skipped = seeds, skipped
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed shard order, shuffle and windows for ``epoch`` (call before iterating)."""
+        self.seeds.epoch = epoch
+
+
+def make_window_dataset(
+    urls: str | list[str],
+    history_frames: int,
+    pred_frames: int,
+    *,
+    frame_stride: int = 1,
+    resampled: bool = False,
+    shuffle: int = 1000,
+    seed: int = 0,
+    size: tuple[int, int] | None = None,
+    tasks: Sequence[str] = ("t2v", "i2v"),
+    decode_threads: int = 1,
+) -> WindowDataset:
+    """A WebDataset pipeline of (history, prediction) windows for training.
+
+    Args:
+        urls: shard paths/urls, a list or brace notation (``real-{000000..000009}.tar``).
+        history_frames: most history frames before the prediction (fewer at the clip start;
+            0 for t2v, whose windows are pure text-to-video).
+        pred_frames: frames to predict; every window has exactly these.
+        frame_stride: take every n-th clip frame (fps becomes fps / n).
+        resampled: draw shards with replacement forever, per worker (for multi-node runs
+            with unequal shard counts); else each shard once per epoch, split by node/worker.
+        shuffle: sample shuffle buffer; it holds encoded samples (mp4 bytes), size RAM to it.
+        size: (H, W) to resize to while decoding, or None for the stored resolution.
+        tasks: which tasks to draw; a sample offers the ones in its json ``tasks``.
+        decode_threads: decord threads per reader (keep 1 with several loader workers).
+
+    Yields dicts: __key__, video uint8 (T,H,W,3) with T = history_frames + pred_frames,
+    history_frames, keys and mouse int64 (T,) codes into schemas.actions KEYS/MOUSE, fps,
+    event_text, action_text, task, source, tiny_random.
+    """
+    if pred_frames < 1 or history_frames < 0 or frame_stride < 1:
+        raise ValueError("need pred_frames >= 1, history_frames >= 0, frame_stride >= 1")
+    if not tasks or any(t not in TASKS for t in tasks):
+        raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {tasks}")
+    url_list = wds.shardlists.expand_urls(urls) if isinstance(urls, str) else list(urls)
+    if not url_list:
+        raise ValueError("no shard urls given")
+    seeds, skipped = _Seeds(seed), SkipCounter()
+    if resampled:
+        shards = [wds.ResampledShards(url_list, deterministic=True, worker_seed=seeds.worker_seed)]
+    else:
+        shards = [_ShardList(url_list, seeds, shuffle > 1), wds.split_by_node, wds.split_by_worker]
+    stages = [*shards, wds.tarfile_to_samples(handler=skipped)]
+    if shuffle > 1:
+        stages.append(_Shuffle(shuffle, seeds))
+    windows = _Windows(
+        history_frames,
+        pred_frames,
+        frame_stride,
+        size,
+        tuple(tasks),
+        decode_threads,
+        seeds,
+        skipped,
+    )
+    return WindowDataset(*stages, windows, seeds=seeds, skipped=skipped)
+
+
+def collate(items: list[dict]) -> dict:
+    """Batch windows of one shape: tensors stacked, strings in lists."""
+    shapes = {tuple(it["video"].shape) for it in items}
+    if len(shapes) != 1:
+        raise ValueError(
+            f"collate needs equal-shape windows, got {sorted(shapes)}: batch one task at a "
+            "time (tasks=('i2v',)) and drop windows with short history, or use batch size 1"
+        )
+    return {
+        "video": torch.stack([it["video"] for it in items]),  # (B, T, H, W, 3) uint8
+        "keys": torch.stack([it["keys"] for it in items]),  # (B, T) int64
+        "mouse": torch.stack([it["mouse"] for it in items]),  # (B, T) int64
+        "history_frames": torch.tensor([it["history_frames"] for it in items]),
+        "fps": torch.tensor([it["fps"] for it in items], dtype=torch.float32),
+        "tiny_random": torch.tensor([it["tiny_random"] for it in items]),
+        **{
+            k: [it[k] for it in items]
+            for k in ("__key__", "event_text", "action_text", "task", "source")
+        },
+    }
