@@ -94,4 +94,5 @@ class LinearAttentionFusion(nn.Module):
         v = self.to_v(ctx).unflatten(-1, (self.heads, -1))
         rope_ctx = tuple(torch.cat([a, b], dim=1) for a, b in zip(rope_x, rope_z, strict=True))
         out = relu_linear_attention(q, k, v, rope_x, rope_ctx).flatten(2)  # (B, Np, w)
-        return self.up(self.to_out(self.norm(out)))
+        out = self.norm(out.to(self.norm.weight.dtype))  # fp32 statistics under autocast
+        return self.up(self.to_out(out))
