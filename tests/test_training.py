@@ -18,7 +18,8 @@ H, W = 64, 128
 
 
 def window_samples(n: int, frames: int = 13, seed: int = 0) -> list[dict]:
-    """Moving colour ramps (a learnable signal) in both tasks, as the shard reader yields them."""
+    """Moving colour ramps (a learnable signal) in both tasks, as the shard reader yields them:
+    T2V 5 prediction frames; I2V 5 history + 8 prediction frames (2 + 2 latent frames)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:H, 0:W]
     out = []
@@ -32,14 +33,14 @@ def window_samples(n: int, frames: int = 13, seed: int = 0) -> list[dict]:
         ).astype(np.uint8)
         keys = np.full(frames, KEY_CODE["W"], np.int64)
         keys[frames // 2 :] = KEY_CODE["W+A"]
-        for task in ("t2v", "i2v"):
+        for task, t0 in (("t2v", 8), ("i2v", 0)):
             out.append(
                 {
                     "__key__": f"clip{i}-{task}",
-                    "video": video,
-                    "history_frames": 5,
-                    "keys": keys,
-                    "mouse": np.full(frames, MOUSE_CODE["←"], np.int64),
+                    "video": video[t0:],
+                    "history_frames": 5 if task == "i2v" else 0,
+                    "keys": keys[t0:],
+                    "mouse": np.full(frames - t0, MOUSE_CODE["←"], np.int64),
                     "fps": 16.0,
                     "event_text": f"{task} scene number {i}",
                     "action_text": "",
@@ -95,32 +96,46 @@ def test_task_pattern_and_mixture_weights_and_restore() -> None:
     assert [mix2.draw(400 + k, 3)[1] for k in range(4)] == ahead
 
 
-def test_conditioner_splits_history_and_prediction(tmp_path) -> None:
+def test_conditioner_aligns_windows_and_splits_history_and_prediction(tmp_path) -> None:
     from model.vae import VideoVAE
 
     cfg = tiny_cfg(tmp_path)
     text = TextEncoder.tiny(event_len=cfg.event_len, action_len=cfg.action_len)
     cache = ActionEmbeddingCache.build(text)
     cond = Conditioner(cfg, VideoVAE.tiny(), text, cache)
-    lat = cond.to_latent_samples([SAMPLES[0], SAMPLES[1]])
-    assert lat[0]["latents"].shape == (48, 4, H // 16, W // 16) and lat[0]["tiny_random"]
-    assert lat[1]["event_emb"].shape == (cfg.event_len, 32)
-    t2v = cond.batch(lat, "t2v", np.random.default_rng(0))
+    t2v_raw, i2v_raw = SAMPLES[0:4:2], SAMPLES[1:4:2]
+    t2v_lat, i2v_lat = cond.to_latent_samples(t2v_raw), cond.to_latent_samples(i2v_raw)
+    assert t2v_lat[0]["latents"].shape == (48, 2, H // 16, W // 16) and t2v_lat[0]["tiny_random"]
+    assert i2v_lat[0]["latents"].shape == (48, 4, H // 16, W // 16)
+    assert [x["history_latent_frames"] for x in t2v_lat + i2v_lat] == [0, 0, 2, 2]
+    assert i2v_lat[1]["event_emb"].shape == (cfg.event_len, 32)
+    # 3 history frames are trimmed to 1 (one latent frame); a misaligned window is an error
+    short = dict(i2v_raw[0], video=i2v_raw[0]["video"][2:], history_frames=3)
+    short["keys"], short["mouse"] = short["keys"][2:], short["mouse"][2:]
+    (lat_short,) = cond.to_latent_samples([short])
+    assert lat_short["history_latent_frames"] == 1 and lat_short["latents"].shape[1] == 3
+    with pytest.raises(ValueError, match="does not fit"):
+        cond.to_latent_samples([dict(i2v_raw[0], video=i2v_raw[0]["video"][:-1])])
+
+    t2v = cond.batch(t2v_lat, "t2v", np.random.default_rng(0))
     assert t2v.history is None and t2v.prediction.shape == (2, 48, 2, 4, 8)
-    assert torch.equal(t2v.prediction, torch.stack([x["latents"][:, :2] for x in lat]))
     assert t2v.text.shape == (2, cfg.event_len + cfg.action_len, 32)
-    # T2V block covers pixel frames 0..4: mostly W; action part is the cache entry of (W, ←)
-    assert torch.equal(
-        t2v.text[0, cfg.event_len :], cache.embeddings[KEY_CODE["W"], MOUSE_CODE["←"]]
-    )
+    # the action part is the cache entry of the prediction frames' label (W+A, ←)
+    want = cache.embeddings[KEY_CODE["W+A"], MOUSE_CODE["←"]]
+    assert torch.equal(t2v.text[0, cfg.event_len :], want)
+    assert torch.equal(t2v.text[0, : cfg.event_len], t2v_lat[0]["event_emb"])
     seen = set()
     for seed in range(10):
-        i2v = cond.batch(lat, "i2v", np.random.default_rng(seed))
+        i2v = cond.batch(i2v_lat, "i2v", np.random.default_rng(seed))
         h = i2v.history.shape[2]
         seen.add(h)
         assert i2v.history_frame_ids.tolist() == list(range(h, 0, -1))
-        assert torch.equal(i2v.prediction, torch.stack([x["latents"][:, h : h + 2] for x in lat]))
+        assert torch.equal(i2v.history, torch.stack([x["latents"][:, 2 - h : 2] for x in i2v_lat]))
+        assert torch.equal(i2v.prediction, torch.stack([x["latents"][:, 2:] for x in i2v_lat]))
     assert seen == {1, 2}
+    # with a 1-frame sample in the batch, history is that one (first) frame
+    mixed = cond.batch([i2v_lat[0], lat_short], "i2v", np.random.default_rng(0))
+    assert mixed.history.shape[2] == 1
 
 
 def test_few_steps_reduce_loss_on_fixed_batch(tmp_path) -> None:

@@ -6,8 +6,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from model.vae import STRIDE
-
 
 @dataclass
 class TrainConfig:
@@ -55,11 +53,6 @@ class TrainConfig:
     # ---- distribution (Ray Train); 1 worker = plain single process -----------------------
     workers: int = 1
     gpus_per_worker: float = 0.0
-
-    @property
-    def window_frames(self) -> int:
-        """Pixel frames per sample: enough for the longest history plus one block."""
-        return 1 + STRIDE[0] * (self.history_latent_frames + self.pred_latent_frames - 1)
 
     @property
     def tiny_random(self) -> bool:

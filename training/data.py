@@ -117,12 +117,21 @@ def memory_source(samples: Sequence[dict]) -> StreamFactory:
     return factory
 
 
+def window_frames(cfg: TrainConfig, task: str) -> tuple[int, int]:
+    """(history, prediction) pixel frames to ask the reader for, so that latents align:
+    T2V 1 + 4(Fp - 1) frames -> Fp latent frames; I2V up to 1 + 4(Fh - 1) history frames
+    -> Fh latent frames, then 4 Fp frames -> Fp latent frames."""
+    ft = STRIDE[0]
+    if task == "t2v":
+        return 0, 1 + ft * (cfg.pred_latent_frames - 1)
+    return 1 + ft * (cfg.history_latent_frames - 1), ft * cfg.pred_latent_frames
+
+
 def clip_shard_source(urls: list[str], cfg: TrainConfig, task: str) -> StreamFactory:
-    """Windows of ``cfg.window_frames`` from raw clip shards, via the shard reader."""
+    """Endless ``task`` windows from raw clip shards, via the shard reader."""
     from curation.shard_reader import make_window_dataset
 
-    history = 1 + STRIDE[0] * (cfg.history_latent_frames - 1)
-    pred = cfg.window_frames - history
+    history, pred = window_frames(cfg, task)
 
     def factory(seed: int) -> Iterator[dict]:
         ds = make_window_dataset(
@@ -159,6 +168,7 @@ def read_latent_shard(path: str | Path) -> list[dict]:
                 "__key__": key,
                 "latents": torch.load(io.BytesIO(parts["latents.pth"])).float(),
                 "event_emb": torch.load(io.BytesIO(parts["event_emb.pth"])).float(),
+                "history_latent_frames": int(meta["history_latent_frames"]),
                 "keys": np.asarray(meta["keys"], dtype=np.int64),
                 "mouse": np.asarray(meta["mouse"], dtype=np.int64),
                 "task": meta["task"],
@@ -241,27 +251,31 @@ class Conditioner:
         self.cfg, self.vae, self.text, self.actions = cfg, vae, text, actions
 
     def to_latent_samples(self, samples: list[dict]) -> list[dict]:
-        """Encode raw windows (those without ``latents``) with the VAE and text encoder."""
+        """Encode raw windows (those without ``latents``) with the VAE and text encoder.
+
+        A window of ``history_frames`` + prediction pixel frames is trimmed at its start to
+        1 + 4k history frames, so history and prediction fall on whole latent frames; the
+        prediction block is then the last ``pred_latent_frames`` latent frames.
+        """
         raw = [i for i, s in enumerate(samples) if "latents" not in s]
         if not raw:
             return samples
         if self.vae is None or self.text is None:
             raise ValueError("raw clip samples need a VAE and a text encoder")
-        n = self.cfg.window_frames
-        video = torch.stack(
-            [resize_video(samples[i]["video"][:n], self.cfg.height, self.cfg.width) for i in raw]
-        )
-        latents = self.vae.encode(video).cpu()  # (B, 48, F, h, w)
         events = self.text.encode_events([samples[i]["event_text"] for i in raw]).cpu()
         out = list(samples)
         for j, i in enumerate(raw):
             s = samples[i]
+            video, hist = trim_window(s["video"], int(s["history_frames"]), self.cfg)
+            video = resize_video(np.asarray(video), self.cfg.height, self.cfg.width)
+            keep = len(video)
             out[i] = {
                 "__key__": s["__key__"],
-                "latents": latents[j],
-                "event_emb": events[j],
-                "keys": np.asarray(s["keys"][:n], dtype=np.int64),
-                "mouse": np.asarray(s["mouse"][:n], dtype=np.int64),
+                "latents": self.vae.encode(video[None]).cpu()[0],  # (48, F, h, w)
+                "history_latent_frames": 0 if hist == 0 else 1 + (hist - 1) // STRIDE[0],
+                "event_emb": events[j],  # (Le, D)
+                "keys": np.asarray(s["keys"], dtype=np.int64)[-keep:],
+                "mouse": np.asarray(s["mouse"], dtype=np.int64)[-keep:],
                 "task": s["task"],
                 "source": s["source"],
                 "tiny_random": bool(s.get("tiny_random", False))
@@ -273,29 +287,63 @@ class Conditioner:
     def batch(self, samples: list[dict], task: str, rng: np.random.Generator) -> Batch:
         """Stack latent samples and split them into history and prediction latent frames.
 
-        T2V: no history, the block is the first ``Fp`` latent frames. I2V: ``h`` in
-        [1, history_latent_frames] latent frames (1 = the first frame) condition the next Fp.
+        T2V: no history. I2V: the nearest ``h`` history latent frames, h drawn in
+        [1, min(history_latent_frames, available)]; when h is all there is, the first is the
+        window's first frame (an image latent of the causal VAE).
         """
-        fp, fh = self.cfg.pred_latent_frames, self.cfg.history_latent_frames
-        h = 0 if task == "t2v" else int(rng.integers(1, fh + 1))
-        lat = torch.stack([s["latents"] for s in samples]).float()  # (B, 48, F, h, w)
-        if lat.shape[2] < h + fp:
-            raise ValueError(f"samples have {lat.shape[2]} latent frames, need {h + fp}")
-        # pixel frames of the prediction block, for its action label
-        p0 = 0 if h == 0 else 1 + STRIDE[0] * (h - 1)
-        p1 = 1 + STRIDE[0] * (h + fp - 1)
-        keys = torch.tensor([_mode(s["keys"][p0:p1]) for s in samples])
-        mouse = torch.tensor([_mode(s["mouse"][p0:p1]) for s in samples])
+        fp = self.cfg.pred_latent_frames
+        hist = [int(s["history_latent_frames"]) for s in samples]
+        for s, hl in zip(samples, hist, strict=True):
+            if s["latents"].shape[1] != hl + fp:
+                raise ValueError(
+                    f"{s['__key__']}: {s['latents'].shape[1]} latent frames, need {hl}+{fp}"
+                )
+        h = 0
+        if task == "i2v":
+            most = min(min(hist), self.cfg.history_latent_frames)
+            if most < 1:
+                raise ValueError("an I2V sample has no history frame")
+            h = int(rng.integers(1, most + 1))
+        pred = torch.stack([s["latents"][:, hl:] for s, hl in zip(samples, hist, strict=True)])
+        # prediction pixel frames: after 1 + 4(hl - 1) history frames; their action label
+        starts = [0 if hl == 0 else 1 + STRIDE[0] * (hl - 1) for hl in hist]
+        keys = torch.tensor([_mode(s["keys"][p:]) for s, p in zip(samples, starts, strict=True)])
+        mouse = torch.tensor([_mode(s["mouse"][p:]) for s, p in zip(samples, starts, strict=True)])
         event = torch.stack([s["event_emb"] for s in samples]).float()  # (B, Le, D)
         action = self.actions.lookup(keys, mouse).float()  # (B, La, D)
+        history = None
+        if h:
+            history = torch.stack(
+                [s["latents"][:, hl - h : hl] for s, hl in zip(samples, hist, strict=True)]
+            ).float()  # (B, 48, h, h_lat, w_lat)
         return Batch(
             task=task,
-            prediction=lat[:, :, h : h + fp],  # (B, 48, Fp, h, w)
-            history=lat[:, :, :h] if h else None,  # (B, 48, h, h, w)
-            history_frame_ids=torch.arange(h, 0, -1) if h else None,  # distances back, 1 = nearest
+            prediction=pred.float(),  # (B, 48, Fp, h_lat, w_lat)
+            history=history,
+            history_frame_ids=torch.arange(h, 0, -1) if h else None,  # distances, 1 = nearest
             text=torch.cat([event, action], dim=1),  # (B, Le + La, D)
             tiny_random=any(s["tiny_random"] for s in samples),
         )
+
+
+def trim_window(video, history_frames: int, cfg: TrainConfig):
+    """Drop the oldest history frames so the window is 1 + 4k history + aligned prediction.
+
+    Returns (video, kept history frames). Raises ValueError for a window that cannot align.
+    """
+    ft = STRIDE[0]
+    pred = len(video) - history_frames
+    if history_frames == 0:
+        ok = pred == 1 + ft * (cfg.pred_latent_frames - 1)
+        keep = 0
+    else:
+        ok = pred == ft * cfg.pred_latent_frames
+        keep = 1 + ft * ((history_frames - 1) // ft)
+    if not ok:
+        raise ValueError(
+            f"window of {history_frames}+{pred} frames does not fit {window_frames(cfg, 'i2v' if history_frames else 't2v')}"
+        )
+    return video[history_frames - keep :], keep
 
 
 def _mode(codes: np.ndarray) -> int:
