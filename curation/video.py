@@ -6,6 +6,10 @@ because the clips stage re-times action tokens with the very same function.
 
 from __future__ import annotations
 
+import io
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO
@@ -74,3 +78,200 @@ class H264Writer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ---- frame-rate resampling --------------------------------------------------------------
+
+
+def resample_indices(num_source: int, source_fps: float, out_fps: float) -> np.ndarray:
+    """Source frame index of every output frame when re-timing ``source_fps`` to ``out_fps``.
+
+    Output frame ``j`` shows time ``t = j / out_fps`` and takes the nearest source frame,
+    ``i_j = floor(j * source_fps / out_fps + 0.5)`` (halves round up), for every ``j`` with
+    ``i_j <= num_source - 1``. 30 -> 16 fps gives 0, 2, 4, 6, 8, 9, 11, 13, ... Action tokens
+    are re-timed with this same function, so frame j's tokens are those of source frame i_j.
+    """
+    if num_source <= 0:
+        return np.zeros(0, np.int64)
+    if source_fps <= 0 or out_fps <= 0:
+        raise ValueError(f"fps must be positive, got {source_fps} -> {out_fps}")
+    ratio = source_fps / out_fps
+    count = int(np.ceil((num_source - 0.5) / ratio)) + 1
+    idx = np.floor(np.arange(count) * ratio + 0.5).astype(np.int64)
+    return idx[idx <= num_source - 1]
+
+
+# ---- resize + centre crop -----------------------------------------------------------------
+
+
+def crop_box(src_w: int, src_h: int, out_w: int, out_h: int) -> tuple[int, int, int, int]:
+    """The central (x, y, w, h) box of the source with the output's aspect ratio.
+
+    Cropping this box and resizing it to ``out_w x out_h`` equals resizing the frame to
+    cover the output (aspect kept) and centre-cropping, to within a pixel of rounding.
+    """
+    scale = max(out_w / src_w, out_h / src_h)
+    w, h = min(src_w, round(out_w / scale)), min(src_h, round(out_h / scale))
+    return (src_w - w) // 2, (src_h - h) // 2, w, h
+
+
+def resize_crop(frame: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Resize (H, W, 3) to cover ``out_h x out_w`` with aspect kept, then centre crop."""
+    x, y, w, h = crop_box(frame.shape[1], frame.shape[0], out_w, out_h)
+    box = frame[y : y + h, x : x + w]
+    if (w, h) == (out_w, out_h):
+        return np.ascontiguousarray(box)
+    interp = cv2.INTER_AREA if w > out_w else cv2.INTER_LINEAR
+    return cv2.resize(box, (out_w, out_h), interpolation=interp)
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """Parse ``"544x960"`` (height x width) into ``(544, 960)``; sizes must be even."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError as e:
+        raise ValueError(f"resolution must look like 544x960 (HxW), got {text!r}") from e
+    if h <= 0 or w <= 0 or h % 2 or w % 2:
+        raise ValueError(f"resolution must be positive and even (yuv420p), got {text!r}")
+    return h, w
+
+
+# ---- probing and decoding -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+
+
+def _looks_like_video(path: Path) -> bool:
+    """A container signature (mp4/mov ``ftyp``, Matroska/WebM) at the start of the file."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    return head[4:8] == b"ftyp" or head[:4] == b"\x1a\x45\xdf\xa3"
+
+
+def _open(path: Path, width: int = -1, height: int = -1, threads: int = 0):
+    """Open ``path`` with decord, turning every failure into a ``VideoError``."""
+    import decord
+
+    if not path.exists():
+        raise VideoError("missing_video", f"{path} does not exist")
+    if not path.is_file():
+        raise VideoError("not_a_video", f"{path} is not a file")
+    if path.stat().st_size == 0:
+        raise VideoError("empty_video", f"{path} has zero bytes")
+    try:
+        return decord.VideoReader(str(path), width=width, height=height, num_threads=threads)
+    except Exception as e:  # decord raises DECORDError, RuntimeError, ...
+        reason = "truncated_video" if _looks_like_video(path) else "not_a_video"
+        raise VideoError(reason, f"cannot open {path.name}: {str(e).splitlines()[0]}") from e
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Frame count, fps and size of a video, or a ``VideoError`` saying why not."""
+    path = Path(path)
+    vr = _open(path)
+    n, fps = len(vr), float(vr.get_avg_fps())
+    if n <= 0 or not np.isfinite(fps) or fps <= 0:
+        raise VideoError("not_a_video", f"{path.name}: {n} frames at {fps} fps")
+    h, w = vr[0].shape[:2] if n else (0, 0)
+    return VideoInfo(num_frames=n, fps=fps, width=int(w), height=int(h))
+
+
+# ---- transcoding --------------------------------------------------------------------------
+
+
+@dataclass
+class Transcoded:
+    """An encoded clip and how it maps to its source."""
+
+    data: bytes  # the mp4
+    frames: int
+    fps: float
+    width: int
+    height: int
+    source_indices: np.ndarray  # source frame of each output frame (see resample_indices)
+    source: VideoInfo
+
+
+def _decode_chunks(
+    vr, indices: np.ndarray, size: tuple[int, int], chunk: int, name: str
+) -> Iterator[np.ndarray]:
+    """Yield (<=chunk, H, W, 3) output frames, reading the source once, front to back.
+
+    Unused source frames are skipped without RGB conversion; an index used twice (when
+    up-sampling the frame rate) is decoded once.
+    """
+    out_h, out_w = size
+    position, frame, batch = 0, None, []
+    for target in indices:
+        try:
+            if target >= position:
+                if target > position:
+                    vr.skip_frames(int(target - position))
+                frame = resize_crop(vr.next().asnumpy(), out_h, out_w)
+                position = target + 1
+        except Exception as e:  # decord raises DECORDError / StopIteration past a cut
+            raise VideoError(
+                "truncated_video", f"{name}: decoding failed at frame {int(target)}: {e!r}"
+            ) from e
+        batch.append(frame)
+        if len(batch) == chunk:
+            yield np.stack(batch)
+            batch = []
+    if batch:
+        yield np.stack(batch)
+
+
+def transcode(
+    path: str | Path,
+    out_fps: float = 16.0,
+    size: tuple[int, int] = (544, 960),
+    crf: int = 23,
+    preset: str = "veryfast",
+    threads: int = 0,
+    max_source_frames: int | None = None,
+    chunk: int = 32,
+    info: VideoInfo | None = None,
+) -> Transcoded:
+    """Re-time, resize + centre-crop to ``size`` = (height, width), and encode to H.264.
+
+    The source is decoded once, front to back, ``chunk`` output frames at a time (memory
+    stays bounded); decoding runs in a background thread while the encoder works. Only the
+    first ``max_source_frames`` source frames are used when given. ``threads`` is the
+    decoder's and the encoder's thread count (0: automatic). Raises ``VideoError`` for
+    unusable input.
+    """
+    path = Path(path)
+    out_h, out_w = size
+    if out_h % 2 or out_w % 2:
+        raise ValueError(f"yuv420p needs an even size, got {out_h}x{out_w}")
+    info = info or probe(path)
+    n = info.num_frames if max_source_frames is None else min(info.num_frames, max_source_frames)
+    indices = resample_indices(n, info.fps, out_fps)
+    if indices.size == 0:
+        raise VideoError("not_a_video", f"{path.name}: no frames to use")
+    vr = _open(path, threads=threads)
+    chunks = _decode_chunks(vr, indices, size, chunk, path.name)
+    buf = io.BytesIO()
+    with (
+        ThreadPoolExecutor(1) as pool,
+        H264Writer(buf, out_fps, out_w, out_h, crf=crf, preset=preset, threads=threads) as out,
+    ):
+        pending = pool.submit(next, chunks, None)
+        while (frames := pending.result()) is not None:
+            pending = pool.submit(next, chunks, None)
+            out.write(frames)
+    return Transcoded(
+        data=buf.getvalue(),
+        frames=len(indices),
+        fps=float(out_fps),
+        width=out_w,
+        height=out_h,
+        source_indices=indices,
+        source=info,
+    )

@@ -140,6 +140,90 @@ def sekai_actions(
 # ---- end actions ----------------------------------------------------------------------------
 
 # ---- clips -----------------------------------------------------------------------------------
+
+
+@app.command("clips")
+def clips(
+    videos: Path = typer.Option(
+        ..., help="Folder of source videos, named as the CSV's videoFile column."
+    ),
+    root: Path = typer.Option(
+        Path("data"), help="Data root with manifests/action_clips.parquet and actions.parquet."
+    ),
+    fps: float = typer.Option(16.0, help="Output frame rate; frames are re-timed to nearest."),
+    resolution: str = typer.Option(
+        "544x960", help="Output HEIGHTxWIDTH (even), e.g. 704x1280; resize + centre crop."
+    ),
+    dataset: str = typer.Option(
+        "sekai-real", help="Dataset name: clips/<dataset>/ staging, shards/<dataset>/ shards."
+    ),
+    source: str = typer.Option(
+        "sekai-real", help="Sample source label: sekai-real, sekai-game, synthetic or event."
+    ),
+    crf: int = typer.Option(23, min=0, max=51, help="libx264 constant rate factor."),
+    preset: str = typer.Option("veryfast", help="libx264 preset (ultrafast ... veryslow)."),
+    threads: int = typer.Option(1, min=0, help="Decoder/encoder threads per video (0: auto)."),
+    frame_tolerance: int = typer.Option(
+        3, min=0, help="Accept a trajectory/video frame-count mismatch up to this many frames."
+    ),
+    workers: int | None = typer.Option(None, help="Videos in parallel (default: Ray's CPUs)."),
+    shards: bool = typer.Option(
+        True, "--shards/--no-shards", help="Pack the staged samples into shards at the end."
+    ),
+    max_samples: int = typer.Option(1000, min=1, help="Samples per shard at most."),
+    max_bytes: int = typer.Option(2**30, min=1, help="Bytes per shard at most."),
+    address: str | None = typer.Option(
+        None, envvar="RAY_ADDRESS", help="Ray cluster address; default: start Ray on this machine."
+    ),
+) -> None:
+    """Cut one training sample per Sekai clip: re-timed, resized H.264 + per-frame actions.
+
+    Reads the sekai-actions manifests under --root, transcodes each clip's video from --videos,
+    stages <key>.mp4/.json/.txt under clips/<dataset>/ and packs them into shards/<dataset>/.
+    Writes manifests/clips.parquet, manifests/clips.rejects.parquet and reports/clips.json.
+    Rerunning resumes (finished videos are skipped). Exit code: 0 when every clip was
+    accepted, 3 when some were rejected, 1 on a fatal error.
+    """
+    from curation.clips import ClipsConfig
+    from curation.video import parse_resolution
+    from jobs.clips import ClipsJob, run
+
+    try:
+        height, width = parse_resolution(resolution)
+        config = ClipsConfig(
+            videos=str(videos),
+            root=str(root),
+            dataset=dataset,
+            source=source,
+            fps=fps,
+            height=height,
+            width=width,
+            crf=crf,
+            preset=preset,
+            threads=threads,
+            frame_tolerance=frame_tolerance,
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    summary = run(
+        ClipsJob(
+            config,
+            workers=workers,
+            address=address,
+            shards=shards,
+            max_samples=max_samples,
+            max_bytes=max_bytes,
+        )
+    )
+    typer.echo(
+        f"clips: {summary['inputs']} inputs, {summary['written']} written, "
+        f"{summary['skipped_existing']} already done, {summary['rejected']} rejected "
+        f"{summary['rejects_by_reason'] or ''}; report: {root / 'reports' / 'clips.json'}"
+    )
+    if summary["rejected"]:
+        raise typer.Exit(3)
+
+
 # ---- end clips -------------------------------------------------------------------------------
 
 # ---- shards ----------------------------------------------------------------------------------
