@@ -21,7 +21,7 @@ from curation.actions import (
     relative_motion,
     resets_from_motion,
     segment_runs,
-    segment_speeds,
+    segment_speeds_batch,
 )
 from curation.manifest import config_hash, part_name, read_parts, rejects_table, write_table
 from curation.sekai import export_segment
@@ -87,6 +87,7 @@ class ActionLabelStage:
 
     def __init__(self, config: ActionStageConfig, root: str | Path, export_yume: str | None = None):
         self.config = config
+        self.config_hash = config.hash  # computed once: it is written on every row
         self.parts = PartsLayout(Path(root))
         self.export_yume = Path(export_yume) if export_yume else None
 
@@ -133,8 +134,14 @@ class ActionLabelStage:
                     max_frames=cfg.max_frames,
                     stride=s,
                 )
-                for i, seg in enumerate(segments):
-                    seg_rows.append(self._segment_row(it["clip_id"], i, seg, c2w))
+                speeds = segment_speeds_batch(
+                    c2w,
+                    np.array([g.start for g in segments], dtype=int),
+                    np.array([g.end for g in segments], dtype=int),
+                    cfg.fps,
+                )
+                for i, (seg, sp) in enumerate(zip(segments, speeds.tolist(), strict=True)):
+                    seg_rows.append(self._segment_row(it["clip_id"], i, seg, tuple(sp)))
                     if self.export_yume:
                         export_segment(
                             self.export_yume,
@@ -162,8 +169,7 @@ class ActionLabelStage:
             }
         )
 
-    def _segment_row(self, clip_id: str, index: int, seg, c2w: np.ndarray) -> dict:
-        speeds = segment_speeds(c2w, seg.start, seg.end, self.config.fps)
+    def _segment_row(self, clip_id: str, index: int, seg, speeds: tuple) -> dict:
         keys, mouse = KEYS[seg.keys], MOUSE[seg.mouse]
         return {
             "clip_id": clip_id,
@@ -181,7 +187,7 @@ class ActionLabelStage:
             "text_yume_speed": action_text(keys, mouse, "yume", speeds),
             "text_yume5b": action_text(keys, mouse, "yume5b"),
             "text_yume5b_speed": action_text(keys, mouse, "yume5b", speeds),
-            "config_hash": self.config.hash,
+            "config_hash": self.config_hash,
         }
 
     def _clip_row(self, it: dict, num_frames: int, num_segments: int) -> dict:
@@ -205,7 +211,7 @@ class ActionLabelStage:
             fps=self.config.fps,
             stride=self.config.label.stride,
             num_segments=num_segments,
-            config_hash=self.config.hash,
+            config_hash=self.config_hash,
         )
         return row
 

@@ -204,28 +204,55 @@ def _split_even(f0: int, f1: int, max_frames: int | None) -> list[tuple[int, int
     return [(int(bounds[i]), int(bounds[i + 1]) - 1) for i in range(parts)]
 
 
-def _angles_deg(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+def _angles_deg(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Angles in degrees between row vectors, and whether each is defined (no zero vector)."""
     nu, nv = np.linalg.norm(u, axis=-1), np.linalg.norm(v, axis=-1)
     ok = (nu > 1e-12) & (nv > 1e-12)
     cos = np.einsum("...i,...i->...", u, v) / np.where(ok, nu * nv, 1.0)
-    return np.where(ok, np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))), np.nan)
+    return np.where(ok, np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))), 0.0), ok
+
+
+def _range_means(
+    values: np.ndarray, valid: np.ndarray, lo: np.ndarray, hi: np.ndarray
+) -> np.ndarray:
+    """Mean of ``values[lo:hi]`` over valid entries, per range, via prefix sums (0 if none)."""
+    csum = np.concatenate([[0.0], np.cumsum(np.where(valid, values, 0.0))])
+    ccnt = np.concatenate([[0], np.cumsum(valid)])
+    lo, hi = np.clip(lo, 0, len(values)), np.clip(hi, 0, len(values))
+    n = ccnt[hi] - ccnt[lo]
+    return np.where(n > 0, (csum[hi] - csum[lo]) / np.maximum(n, 1), 0.0)
+
+
+def segment_speeds_batch(
+    c2w: np.ndarray, starts: np.ndarray, ends: np.ndarray, fps: float
+) -> np.ndarray:
+    """Yume's speeds (M, 3) of many segments (frames starts[i]..ends[i]) of one trajectory.
+
+    distance = mean |Δposition| × fps; turn = mean angle (degrees) between successive
+    displacement vectors; view rotation = mean angle (degrees) between successive camera z axes.
+    """
+    c2w = np.asarray(c2w, dtype=np.float64)
+    starts, ends = np.asarray(starts), np.asarray(ends)
+    d = np.diff(c2w[:, :3, 3], axis=0)  # (N-1, 3): d[j] = p[j+1] - p[j]
+    step = np.linalg.norm(d, axis=1)
+    turn, turn_ok = _angles_deg(d[:-1], d[1:])  # (N-2,)
+    z = c2w[:, :3, 2]
+    view, view_ok = _angles_deg(z[:-1], z[1:])  # (N-1,)
+    distance = _range_means(step, np.ones_like(step, bool), starts, ends) * fps
+    return np.stack(
+        [
+            distance,
+            _range_means(turn, turn_ok, starts, ends - 1),
+            _range_means(view, view_ok, starts, ends),
+        ],
+        axis=1,
+    )
 
 
 def segment_speeds(c2w: np.ndarray, start: int, end: int, fps: float) -> tuple[float, float, float]:
-    """Yume's speeds of frames start..end: distance (units/s), turn and view rotation (deg).
-
-    distance = mean |Δposition| × fps; turn = mean angle between successive displacement
-    vectors; view rotation = mean angle between successive camera z axes.
-    """
-    pos = np.asarray(c2w[start : end + 1, :3, 3], dtype=np.float64)
-    z = np.asarray(c2w[start : end + 1, :3, 2], dtype=np.float64)
-    d = np.diff(pos, axis=0)
-    distance = float(np.linalg.norm(d, axis=1).mean() * fps) if len(d) else 0.0
-    turns = _angles_deg(d[:-1], d[1:]) if len(d) > 1 else np.array([])
-    turn = float(np.nanmean(turns)) if np.isfinite(turns).any() else 0.0
-    views = _angles_deg(z[:-1], z[1:]) if len(z) > 1 else np.array([])
-    view = float(np.nanmean(views)) if np.isfinite(views).any() else 0.0
-    return distance, turn, view
+    """Yume's speeds of one segment, frames start..end (see ``segment_speeds_batch``)."""
+    d, t, v = segment_speeds_batch(c2w, np.array([start]), np.array([end]), fps)[0]
+    return float(d), float(t), float(v)
 
 
 # Published phrase sets. Yume (Yume 1 data code) and Yume-5B (its later release).

@@ -113,22 +113,28 @@ def _label_on_ray(job: ActionsJob, todo: list[dict]) -> None:
     import ray
 
     num_blocks = max(1, math.ceil(len(todo) / job.batch_size))
-    workers = max(1, int(ray.available_resources().get("CPU", 1)))
+    # Plain tasks, not an actor pool: the stage loads no model, and tasks reuse Ray's
+    # already-started workers instead of paying an actor start-up per worker.
     ds = ray.data.from_items(todo, override_num_blocks=num_blocks).map_batches(
-        ActionLabelStage,
-        fn_constructor_kwargs={
+        _label_batch,
+        fn_kwargs={
             "config": job.stage,
             "root": str(job.out),
             "export_yume": str(job.export_yume) if job.export_yume else None,
         },
         batch_size=job.batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
         num_cpus=1,
     )
     with tqdm(total=len(todo), desc="sekai-actions", unit="clip", disable=not job.progress) as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             bar.update(batch.num_rows)
+
+
+def _label_batch(
+    batch: pa.Table, config: ActionStageConfig, root: str, export_yume: str | None
+) -> pa.Table:
+    return ActionLabelStage(config, root, export_yume)(batch)
 
 
 def summarize(tables: dict[str, pa.Table], inputs: int, prov: dict) -> dict:
