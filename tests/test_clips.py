@@ -1,0 +1,272 @@
+"""The clips stage and job: re-timed tokens, staged samples, rejects, resume, shards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import decord
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy.spatial.transform import Rotation
+
+from curation.clips import ClipsConfig, ClipStage, retime_segments, retime_tokens, sample_key
+from curation.manifest import write_table
+from curation.render import render_clip
+from curation.shards import verify_dataset
+from curation.video import resample_indices
+from jobs.clips import ClipsJob, run
+from schemas.actions import CLIPS_SCHEMA, KEY_CODE, KEYS, MOUSE, MOUSE_CODE, SEGMENTS_SCHEMA
+from schemas.sample import validate_key, validate_sample
+
+K = np.array([[1000.0, 0, 960], [0, 1000.0, 540], [0, 0, 1]])
+N = 300  # trajectory frames: pairs 0..149 walk forward (W, ·), pairs 150..298 turn right
+
+
+def known_motion() -> tuple[np.ndarray, list[int], list[int]]:
+    """(N, 4, 4) poses and per-pair key and mouse codes of the known motion."""
+    c2w = np.tile(np.eye(4), (N, 1, 1))
+    rot, pos = np.eye(3), np.zeros(3)
+    for i in range(1, N):
+        if i <= 150:
+            pos = pos + rot @ [0.0, 0.0, 0.002]
+        else:
+            rot = rot @ Rotation.from_euler("y", 0.01).as_matrix()
+        c2w[i, :3, :3], c2w[i, :3, 3] = rot, pos
+    keys = [KEY_CODE["W"] if i < 150 else KEY_CODE["None"] for i in range(N - 1)]
+    mouse = [MOUSE_CODE["·"] if i < 150 else MOUSE_CODE["→"] for i in range(N - 1)]
+    return c2w, keys, mouse
+
+
+def clip_row(clip_id: str, video_file: str | None, num_frames: int = N, **kw) -> dict:
+    _, keys, mouse = known_motion()
+    row = {f.name: None for f in CLIPS_SCHEMA}
+    row.update(
+        clip_id=clip_id,
+        source_path=f"trajectories/{clip_id}.npz",
+        video_file=video_file,
+        num_frames=num_frames,
+        fps=30.0,
+        stride=1,
+        keys=keys[: num_frames - 1] + [keys[-1]] * max(0, num_frames - N),
+        mouse=mouse[: num_frames - 1] + [mouse[-1]] * max(0, num_frames - N),
+        resets=[],
+        num_segments=2,
+        caption="A walk between coloured pillars, then a turn to the right.",
+        location="procedural",
+        scene="street",
+        extra=json.dumps({"sampleSeed": "1"}),
+        config_hash="actions0",
+    )
+    row.update(kw)
+    return row
+
+
+def segment_rows(clip_id: str, last: int = N - 1) -> list[dict]:
+    def seg(i, a, b, keys, mouse):
+        return {
+            "clip_id": clip_id,
+            "segment_index": i,
+            "start_frame": a,
+            "end_frame": b,
+            "num_frames": b - a + 1,
+            "duration_s": (b - a + 1) / 30,
+            "keys": keys,
+            "mouse": mouse,
+            "distance_speed": 0.06 if keys == "W" else 0.0,
+            "turn_speed": 0.0,
+            "view_rotation_speed": 0.0 if mouse == "·" else 0.57,
+            "text_yume": f"text {keys} {mouse}",
+            "text_yume_speed": "s",
+            "text_yume5b": f"5b {keys} {mouse}",
+            "text_yume5b_speed": "s",
+            "config_hash": "actions0",
+        }
+
+    return [seg(0, 0, 150, "W", "·"), seg(1, 150, last, "None", "→")]
+
+
+@pytest.fixture(scope="module")
+def good_video(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("src") / "good.mp4"
+    render_clip(known_motion()[0], K, path, size=(160, 90))
+    return path
+
+
+def config(videos: Path, root: Path) -> ClipsConfig:
+    return ClipsConfig(videos=str(videos), root=str(root), height=72, width=128)
+
+
+# ---- pure pieces ------------------------------------------------------------------------
+
+
+@given(st.text(max_size=300))
+def test_sample_key_is_always_a_safe_key(clip_id):
+    validate_key(sample_key(clip_id))  # raises SchemaError unless safe
+
+
+def test_sample_key_keeps_plain_ids_and_separates_altered_ones():
+    assert sample_key("IfKRDeE-Fb0_0001800_0003600") == "IfKRDeE-Fb0_0001800_0003600"
+    odd = ["a.b", "a_b-x", "a/b", "../a.b", "a\\b"]
+    keys = [sample_key(i) for i in odd]
+    assert len(set(keys)) == len(keys) and not any("." in k or "/" in k for k in keys)
+
+
+def test_retime_tokens_and_segments():
+    idx = resample_indices(10, 30.0, 16.0)  # [0, 2, 4, 6, 8, 9]
+    codes = [KEY_CODE[k] for k in ("W", "W", "W", "S", "S", "S", "S", "A", "A")]
+    assert retime_tokens(codes, KEYS, idx) == ["W", "W", "S", "S", "A", "A"]  # 9 -> pair 8
+    assert retime_tokens(codes[::2], KEYS, idx, stride=2) == ["W", "W", "S", "S", "A", "A"]
+    segs = [
+        {"start_frame": 0, "end_frame": 3, "keys": "W", "mouse": "·"},
+        {"start_frame": 3, "end_frame": 4, "keys": "S", "mouse": "·"},  # one output frame
+        {"start_frame": 4, "end_frame": 9, "keys": "A", "mouse": "·"},
+    ]
+    for s in segs:
+        s.update(
+            distance_speed=1, turn_speed=0, view_rotation_speed=0, text_yume="t", text_yume5b="t5"
+        )
+    out = retime_segments(segs, idx)
+    assert [(s["start"], s["end"], s["keys"]) for s in out] == [(0, 1, "W"), (2, 5, "A")]
+
+
+# ---- the stage, directly ----------------------------------------------------------------
+
+
+def test_stage_round_trip_matches_the_known_motion(good_video, tmp_path):
+    stage = ClipStage(config(good_video.parent, tmp_path))
+    stage.setup()
+    task = {
+        "clip": clip_row("walk_then_turn", "good.mp4"),
+        "segments": segment_rows("walk_then_turn"),
+    }
+    result = stage.process({"task": [json.dumps(task)]})
+    assert result["status"] == ["done"], result
+    staged = tmp_path / "clips" / "sekai-real"
+    meta = json.loads((staged / "walk_then_turn.json").read_text())
+    validate_sample(meta)
+    # 300 frames at 30 fps -> 160 frames at 16 fps; output frame 80 is source frame 150,
+    # the first frame of the turn.
+    assert (meta["frames"], meta["fps"], meta["width"], meta["height"]) == (160, 16.0, 128, 72)
+    assert meta["source_frame_range"] == [0, 298]
+    assert meta["keys"] == ["W"] * 80 + ["None"] * 80
+    assert meta["mouse"] == ["·"] * 80 + ["→"] * 80
+    assert [(s["start"], s["end"], s["keys"], s["mouse"]) for s in meta["segments"]] == [
+        (0, 80, "W", "·"),
+        (80, 159, "None", "→"),
+    ]
+    assert meta["captions"]["scene"].startswith("A walk") and meta["meta"]["sampleSeed"] == "1"
+    assert (staged / "walk_then_turn.txt").read_text() == meta["captions"]["scene"]
+    vr = decord.VideoReader(str(staged / "walk_then_turn.mp4"))
+    assert len(vr) == 160 and vr[0].shape == (72, 128, 3)
+    # The video moves where the tokens say it does: forward frames change, and during the
+    # turn the view pans (large change between frames 80 apart).
+    frames = vr.get_batch([0, 79, 159]).asnumpy().astype(float)
+    assert np.abs(frames[0] - frames[1]).mean() > 2 and np.abs(frames[1] - frames[2]).mean() > 5
+
+
+# ---- the job on Ray ---------------------------------------------------------------------
+
+BAD = {  # clip id -> (video file, row overrides, how to make the file, expected reason)
+    "missing": ("nope.mp4", {}, None, "missing_video"),
+    "zero": ("zero.mp4", {}, lambda p, g: p.write_bytes(b""), "empty_video"),
+    "text": ("notes.mp4", {}, lambda p, g: p.write_text("no video here\n" * 40), "not_a_video"),
+    "cut": (
+        "cut.mp4",
+        {},
+        lambda p, g: p.write_bytes(g.read_bytes()[: g.stat().st_size // 3]),
+        "truncated_video",
+    ),
+    "long_traj": ("good.mp4", {"num_frames": N + 20}, None, "trajectory_longer_than_video"),
+    "escape": ("../good.mp4", {}, None, "unsafe_path"),
+}
+
+
+def build_root(tmp_path: Path, good_video: Path) -> tuple[Path, Path]:
+    videos, root = tmp_path / "videos", tmp_path / "data"
+    videos.mkdir()
+    (videos / "good.mp4").write_bytes(good_video.read_bytes())
+    clips = [clip_row("good", "good.mp4"), clip_row("odd/../id.v2", "good.mp4")]
+    segments = segment_rows("good") + segment_rows("odd/../id.v2")
+    for clip_id, (name, over, make, _) in BAD.items():
+        if make:
+            make(videos / name, good_video)
+        clips.append(clip_row(clip_id, name, **over))
+        segments += segment_rows(clip_id)
+    clips.append(clip_row("seg_past_end", "good.mp4"))
+    segments += segment_rows("seg_past_end", last=N + 30)
+    write_table(
+        pa.Table.from_pylist(clips, CLIPS_SCHEMA),
+        root / "manifests" / "action_clips.parquet",
+        CLIPS_SCHEMA,
+    )
+    write_table(
+        pa.Table.from_pylist(segments, SEGMENTS_SCHEMA),
+        root / "manifests" / "actions.parquet",
+        SEGMENTS_SCHEMA,
+    )
+    return videos, root
+
+
+def test_job_rejects_bad_inputs_resumes_and_writes_shards(ray_local, good_video, tmp_path):
+    videos, root = build_root(tmp_path, good_video)
+    job = ClipsJob(config(videos, root), workers=2, progress=False, max_samples=1)
+    summary = run(job)
+    assert (summary["inputs"], summary["accepted"], summary["written"]) == (9, 2, 2)
+    rejects = pq.read_table(root / "manifests" / "clips.rejects.parquet").to_pylist()
+    got = {r["clip_id"]: r["reason"] for r in rejects}
+    want = {k: v[3] for k, v in BAD.items()} | {"seg_past_end": "segment_beyond_video"}
+    assert got == want and all(r["detail"] for r in rejects)
+    samples = pq.read_table(root / "manifests" / "clips.parquet").to_pylist()
+    assert sorted(r["clip_id"] for r in samples) == ["good", "odd/../id.v2"]
+    assert all(r["frames"] == 160 and (r["height"], r["width"]) == (72, 128) for r in samples)
+    # Odd ids stay inside the output folder; nothing was written next to the inputs.
+    staged = sorted(p.name for p in (root / "clips" / "sekai-real").iterdir())
+    odd = sample_key("odd/../id.v2")
+    assert staged == sorted(f"{k}.{e}" for k in ("good", odd) for e in ("json", "mp4", "txt"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "videos"]
+    assert sorted(p.name for p in root.iterdir()) == ["clips", "manifests", "reports", "shards"]
+    verified = verify_dataset(root / "shards" / "sekai-real", decode="all")
+    assert verified["ok"], verified["errors"]
+    assert (verified["samples_indexed"], verified["shards"]) == (2, 2)
+    report = json.loads((root / "reports" / "clips.json").read_text())
+    assert report["rejects_by_reason"]["missing_video"] == 1 and report["output_frames"] == 320
+
+    again = run(job)
+    assert (again["written"], again["skipped_existing"], again["rejected"]) == (0, 2, 7)
+    assert again["shards"]["samples_written"] == 0
+    assert pq.read_table(root / "manifests" / "clips.parquet").num_rows == 2
+
+
+@pytest.mark.slow
+def test_end_to_end_sample_release_actions_clips_shards(ray_local, tmp_path):
+    """sample-sekai (rendered videos) -> sekai-actions -> clips -> verified shards."""
+    from curation.sample_sekai import write_sample_release
+    from jobs.sekai_actions import ActionsJob
+    from jobs.sekai_actions import run as run_actions
+
+    release, root = tmp_path / "release", tmp_path / "data"
+    write_sample_release(release, clips=2, frames=320, seed=3, video=True, video_size=(192, 108))
+    run_actions(ActionsJob(out=root, sekai=[release], progress=False))
+    summary = run(ClipsJob(config(release / "videos", root), progress=False))
+    assert (summary["inputs"], summary["accepted"], summary["rejected"]) == (2, 2, 0)
+    assert verify_dataset(root / "shards" / "sekai-real", decode="all")["ok"]
+    truth = {r["clip_id"]: r for r in pq.read_table(release / "ground_truth.parquet").to_pylist()}
+    for clip_id, gt in truth.items():
+        meta = json.loads(
+            (root / "clips" / "sekai-real" / f"{sample_key(clip_id)}.json").read_text()
+        )
+        idx = resample_indices(320, 30.0, 16.0)
+        want_keys = [KEYS[gt["keys"][min(i, 318)]] for i in idx]
+        want_mouse = [MOUSE[gt["mouse"][min(i, 318)]] for i in idx]
+        agree = np.mean(
+            [
+                a == b
+                for a, b in zip(meta["keys"] + meta["mouse"], want_keys + want_mouse, strict=True)
+            ]
+        )
+        assert meta["frames"] == len(idx) and agree > 0.95
