@@ -8,7 +8,7 @@ DATA    ?= ./data
 SEKAI   ?=
 CLIPS   ?= 8
 
-.PHONY: setup demo test test-all lint bench sekai-actions sample-sekai clean
+.PHONY: setup demo test test-all lint bench sekai-actions sample-sekai clips clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/yume-data sample-sekai --out $(DATA)/sample-sekai --clips $(CLIPS) --video
 	$(BIN)/yume-data sekai-actions --sekai $(DATA)/sample-sekai --out $(DATA)
+	$(BIN)/yume-data clips --videos $(DATA)/sample-sekai/videos --root $(DATA)
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -47,6 +48,16 @@ ifeq ($(SEKAI),)
 	$(BIN)/yume-data sekai-actions --sekai $(DATA)/sample-sekai --out $(DATA)
 else
 	$(BIN)/yume-data sekai-actions --sekai $(SEKAI) --out $(DATA)
+endif
+
+# VIDEOS=<folder of Sekai videos> after `make sekai-actions SEKAI=...`; without it, sample data.
+clips: setup
+ifeq ($(VIDEOS),)
+	$(BIN)/yume-data sample-sekai --out $(DATA)/sample-sekai --clips $(CLIPS) --video
+	$(BIN)/yume-data sekai-actions --sekai $(DATA)/sample-sekai --out $(DATA)
+	$(BIN)/yume-data clips --videos $(DATA)/sample-sekai/videos --root $(DATA)
+else
+	$(BIN)/yume-data clips --videos $(VIDEOS) --root $(DATA)
 endif
 
 clean:
