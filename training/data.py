@@ -12,6 +12,7 @@ from one numpy generator whose state is checkpointed.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -149,6 +150,63 @@ def clip_shard_source(urls: list[str], cfg: TrainConfig, task: str) -> StreamFac
     return factory
 
 
+LATENT_MEMBERS = ("latents.pth", "event_emb.pth", "json")
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
+    torch.save(t.contiguous().clone(), buf)
+    return buf.getvalue()
+
+
+def write_latent_shard(path: str | Path, samples: list[dict], extra_meta: dict) -> list[dict]:
+    """Write latent samples as a WebDataset tar (temporary name, then rename).
+
+    Members per sample: ``<key>.latents.pth`` (48, F, h, w) float16, ``<key>.event_emb.pth``
+    (Le, D) float16, ``<key>.json``. Returns one index row per sample.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    rows = []
+    with tarfile.open(tmp, "w") as tar:
+        for s in samples:
+            meta = {
+                "key": s["__key__"],
+                "task": s["task"],
+                "source": s["source"],
+                "history_latent_frames": int(s["history_latent_frames"]),
+                "keys": np.asarray(s["keys"]).tolist(),
+                "mouse": np.asarray(s["mouse"]).tolist(),
+                "latent_shape": list(s["latents"].shape),
+                "tiny_random": bool(s["tiny_random"]),
+                **extra_meta,
+            }
+            data = {
+                "latents.pth": _tensor_bytes(s["latents"].half()),
+                "event_emb.pth": _tensor_bytes(s["event_emb"].half()),
+                "json": json.dumps(meta, sort_keys=True).encode(),
+            }
+            for ext in LATENT_MEMBERS:
+                info = tarfile.TarInfo(f"{s['__key__']}.{ext}")
+                info.size, info.mode = len(data[ext]), 0o644
+                tar.addfile(info, io.BytesIO(data[ext]))
+            rows.append(
+                {
+                    "key": s["__key__"],
+                    "shard": path.name,
+                    "task": s["task"],
+                    "source": s["source"],
+                    "latent_frames": int(s["latents"].shape[1]),
+                    "history_latent_frames": int(s["history_latent_frames"]),
+                    "tiny_random": bool(s["tiny_random"]),
+                    "sha256": hashlib.sha256(data["latents.pth"]).hexdigest(),
+                }
+            )
+    tmp.replace(path)
+    return rows
+
+
 def read_latent_shard(path: str | Path) -> list[dict]:
     """All latent samples of one latent shard (members ``<key>.latents.pth``,
     ``<key>.event_emb.pth``, ``<key>.json``), in file order."""
@@ -246,7 +304,7 @@ class Conditioner:
         cfg: TrainConfig,
         vae: VideoVAE | None,
         text: TextEncoder | None,
-        actions: ActionEmbeddingCache,
+        actions: ActionEmbeddingCache | None,
     ):
         self.cfg, self.vae, self.text, self.actions = cfg, vae, text, actions
 

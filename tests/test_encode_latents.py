@@ -1,0 +1,102 @@
+"""VAE wrapper, the latent pre-encoding job, and training from clip and latent shards."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from curation.shards import write_shards
+from jobs.encode_latents import EncodeShardStage, run
+from model.vae import VideoVAE, latent_shape
+from tests.test_shards import make_mp4, make_sample
+from training.config import preset
+from training.data import read_latent_shard
+from training.train_base import train
+
+FRAMES = 24
+
+
+def test_tiny_vae_has_wan22_stride_and_decodes() -> None:
+    vae = VideoVAE.tiny()
+    assert vae.tiny_random and vae.model.config.z_dim == 48 and vae.model.config.is_residual
+    video = torch.randint(0, 256, (1, 9, 64, 128, 3), dtype=torch.uint8)
+    z = vae.encode(video)
+    assert z.shape == (1, 48, 3, 4, 8) == (1, 48, *latent_shape(9, 64, 128))
+    assert torch.equal(z, vae.encode(video))  # posterior mean: deterministic
+    out = vae.decode(z)
+    assert out.shape == video.shape and out.dtype == torch.uint8
+    with pytest.raises(ValueError):
+        vae.encode(torch.zeros(1, 8, 64, 128, 3, dtype=torch.uint8))  # not 1 + 4k frames
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """A data root with 3 tiny clips of 24 frames (128x64) in 2 sekai-real shards, plus one
+    clip too short for any window."""
+    root = tmp_path_factory.mktemp("latents-data")
+    mp4 = make_mp4(FRAMES, width=128, height=64)
+    samples = [
+        (f"clip_{i}", make_sample(f"clip_{i}", FRAMES, mp4=mp4, width=128, height=64))
+        for i in range(3)
+    ]
+    short = make_mp4(4, width=128, height=64)
+    samples.append(("short", make_sample("short", 4, mp4=short, width=128, height=64)))
+    write_shards(samples, root / "shards" / "sekai-real", "sekai-real", max_samples=2)
+    return root
+
+
+def test_stage_encodes_a_shard_and_training_reads_latent_shards(data_root, tmp_path) -> None:
+    cfg = preset("tiny", data_root=str(data_root))
+    stage = EncodeShardStage(cfg.to_dict())
+    shard = sorted((data_root / "shards" / "sekai-real").glob("*.tar"))[0]
+    out = tmp_path / "latents" / "sekai-real" / shard.name
+    side = stage.process(str(shard), str(out))
+    assert len(side["rows"]) == 4 and not side["rejects"]  # 2 clips x (t2v, i2v)
+    samples = {s["__key__"]: s for s in read_latent_shard(out)}
+    t2v, i2v = samples["clip_0-t2v-0"], samples["clip_0-i2v-0"]
+    assert t2v["latents"].shape == (48, 2, 4, 8) and t2v["history_latent_frames"] == 0
+    hl = i2v["history_latent_frames"]
+    assert 1 <= hl <= 2 and i2v["latents"].shape == (48, hl + 2, 4, 8)
+    assert t2v["event_emb"].shape == (cfg.event_len, 32) and t2v["tiny_random"]
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert {r["task"] for r in meta["rows"]} == {"t2v", "i2v"}
+
+    # the fast path: train from latent shards (no VAE or T5 per step)
+    run_cfg = preset(
+        "tiny", data_root=str(tmp_path), latents=True, steps=2, val_every=0, ckpt_every=2,
+        out_dir=str(tmp_path / "run"), batch_size=2,
+    )  # fmt: skip
+    summary = train(run_cfg)
+    assert summary["steps"] == 2 and all(torch.isfinite(torch.tensor(summary["losses"])))
+
+
+def test_training_reads_clip_shards_through_the_reader(data_root, tmp_path) -> None:
+    """The slow-but-simple path: windows from the reader, encoded on the fly."""
+    cfg = preset(
+        "tiny", data_root=str(data_root), steps=2, val_every=0, ckpt_every=2,
+        out_dir=str(tmp_path / "run"), batch_size=1,
+    )  # fmt: skip
+    summary = train(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["task"] for r in rows] == ["t2v", "i2v"] and rows[1]["history_frames"] >= 1
+    assert summary["tiny_random"] and (tmp_path / "run" / "checkpoints" / "step-000002.pt").exists()
+
+
+def test_encode_latents_job_on_ray_is_resumable(data_root, ray_local) -> None:
+    cfg = preset("tiny", data_root=str(data_root))
+    summary = run(cfg)
+    ds = summary["datasets"]["sekai-real"]
+    assert summary["encoded_now"] == 2 and ds["samples"] == 6 and ds["rejected"] == 2
+    assert ds["by_task"] == {"t2v": 3, "i2v": 3} and summary["tiny_random"]
+    index = pq.read_table(data_root / "latents" / "sekai-real" / "index.parquet").to_pylist()
+    assert len({r["key"] for r in index}) == 6
+    rejects = pq.read_table(data_root / "manifests" / "encode_latents.rejects.parquet").to_pylist()
+    assert {(r["clip_id"], r["reason"]) for r in rejects} == {
+        ("short", "no_t2v_window"),
+        ("short", "no_i2v_window"),
+    }
+    again = run(cfg)  # everything done: nothing re-encoded, same index
+    assert again["encoded_now"] == 0 and again["datasets"]["sekai-real"]["samples"] == 6
