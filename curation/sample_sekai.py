@@ -55,8 +55,15 @@ def _axis_signs(label: str, pos: str, neg: str) -> int:
 def synth_trajectory(
     rng: np.random.Generator, num_frames: int, clip_id: str = "clip"
 ) -> SampleClip:
-    """One trajectory of random motion primitives (each 40-140 frames) with its labels."""
-    step = np.zeros((num_frames - 1, 4, 4))
+    """One walk of random motion primitives (each 40-140 frames) with its per-pair labels.
+
+    Like a person filming while walking: the camera moves horizontally in its heading frame
+    and turns about the vertical axis; tilts change a bounded pitch. Seen from the camera,
+    W/S/D/A and the arrows keep their sign, so the primitive's label is the ground truth.
+    """
+    heading = np.zeros(num_frames)  # yaw about world y
+    pitch = np.zeros(num_frames)  # about the camera x axis
+    move = np.zeros((num_frames - 1, 3))  # (side, bob, forward) in the heading frame
     keys = np.zeros(num_frames - 1, dtype=np.uint8)
     mouse = np.zeros(num_frames - 1, dtype=np.uint8)
     i, last = 0, None
@@ -65,42 +72,41 @@ def synth_trajectory(
         label = last
         while label == last:  # neighbouring primitives differ, so runs are unambiguous
             label = (KEYS[rng.integers(len(KEYS))], MOUSE[rng.integers(len(MOUSE))])
-        last = label
         k, m = label
+        if abs(pitch[i]) > 0.1 and (("↑" in m) == (pitch[i] > 0)) and m[0] in "↑↓":
+            m = ("↓" if m[0] == "↑" else "↑") + m[1:]  # tilt back towards level
+        label = last = (k, m)
         sl = slice(i, min(i + n, num_frames - 1))
         cnt = sl.stop - sl.start
         speed = rng.uniform(1.5e-3, 3e-3)
-        turn = rng.uniform(3e-3, 8e-3)
         fwd = _axis_signs(k, "W", "S") * speed
         side = _axis_signs(k, "D", "A") * speed
-        pitch = _axis_signs(m, "↑", "↓") * turn
-        yaw = _axis_signs(m, "→", "←") * turn
-        t = np.stack(
+        d_pitch = _axis_signs(m, "↑", "↓") * rng.uniform(2e-3, 3e-3)
+        d_yaw = _axis_signs(m, "→", "←") * rng.uniform(3e-3, 8e-3)
+        move[sl] = np.stack(
             [
                 np.full(cnt, side) + rng.normal(0, 1e-5, cnt),
-                3e-4 * np.sin(np.arange(cnt) * 0.4) + rng.normal(0, 1e-5, cnt),  # walking bob
+                3e-5 * np.sin(np.arange(cnt) * 0.4),  # walking bob, in world y
                 np.full(cnt, fwd) + rng.normal(0, 1e-5, cnt),
             ],
             axis=1,
         )
-        ang = np.stack(
-            [
-                np.full(cnt, pitch) + rng.normal(0, 1e-4, cnt),
-                np.full(cnt, yaw) + rng.normal(0, 1e-4, cnt),
-                rng.normal(0, 1e-4, cnt),
-            ],
-            axis=1,
-        )
-        step[sl, :3, :3] = Rotation.from_euler("xyz", ang).as_matrix()
-        step[sl, :3, 3] = t
-        step[sl, 3, 3] = 1.0
+        idx = np.arange(sl.start, sl.stop)
+        heading[idx + 1] = heading[sl.start] + np.cumsum(d_yaw + rng.normal(0, 1e-4, cnt))
+        pitch[idx + 1] = pitch[sl.start] + np.cumsum(d_pitch + rng.normal(0, 1e-4, cnt))
         keys[sl], mouse[sl] = KEY_CODE[k], MOUSE_CODE[m]
         i = sl.stop
 
-    world = np.empty((num_frames, 4, 4))
-    world[0] = np.eye(4)
-    for j in range(num_frames - 1):  # c2w_{j+1} = c2w_j @ step_j (motion in the camera frame)
-        world[j + 1] = world[j] @ step[j]
+    # Camera orientation Ry(heading) Rx(pitch): +pitch looks up (y points down), +yaw right.
+    rot = (
+        Rotation.from_euler("y", heading[:, None]).as_matrix()
+        @ Rotation.from_euler("x", pitch[:, None]).as_matrix()
+    )
+    heading_rot = Rotation.from_euler("y", heading[:-1, None]).as_matrix()
+    steps = np.einsum("nij,nj->ni", heading_rot, move)
+    world = np.tile(np.eye(4), (num_frames, 1, 1))
+    world[:, :3, :3] = rot
+    world[1:, :3, 3] = np.cumsum(steps, axis=0)
     anchors = (np.arange(num_frames) // RESET_EVERY) * RESET_EVERY
     anchored = np.linalg.inv(world[anchors]) @ world
     scale = max(1.0, float(np.abs(anchored[:, :3, 3]).max()))
