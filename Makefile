@@ -8,7 +8,7 @@ DATA    ?= ./data
 SEKAI   ?=
 CLIPS   ?= 8
 
-.PHONY: setup demo test test-all lint bench sekai-actions sample-sekai clips clean
+.PHONY: setup demo test test-all lint bench sekai-actions sample-sekai clips train-base encode-latents clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,7 @@ demo: setup
 	$(BIN)/yume-data sample-sekai --out $(DATA)/sample-sekai --clips $(CLIPS) --video
 	$(BIN)/yume-data sekai-actions --sekai $(DATA)/sample-sekai --out $(DATA)
 	$(BIN)/yume-data clips --videos $(DATA)/sample-sekai/videos --root $(DATA)
+	$(BIN)/yume-train base --config tiny --data $(DATA) --out $(DATA)/runs/tiny-demo --steps 20
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -59,6 +60,17 @@ ifeq ($(VIDEOS),)
 else
 	$(BIN)/yume-data clips --videos $(VIDEOS) --root $(DATA)
 endif
+
+# Base training of the TSCM model. TRAIN_CONFIG=wan22-5b needs local Wan2.2 weights and GPUs;
+# TRAIN_ARGS passes more options (e.g. --steps 100 --resume --latents --workers 8 --gpus-per-worker 1).
+TRAIN_CONFIG ?= tiny
+TRAIN_ARGS   ?=
+train-base: setup
+	$(BIN)/yume-train base --config $(TRAIN_CONFIG) --data $(DATA) --out $(DATA)/runs/$(TRAIN_CONFIG) $(TRAIN_ARGS)
+
+# Pre-encode clip shards into latent shards (<data>/latents/) for `--latents` training.
+encode-latents: setup
+	$(BIN)/python -m jobs.encode_latents --config $(TRAIN_CONFIG) --data $(DATA)
 
 clean:
 	rm -rf $(DATA) bench-out
