@@ -17,11 +17,6 @@ app = typer.Typer(
 Paths = list[Path]
 
 
-def _resolution(text: str) -> tuple[int, int]:
-    w, h = (int(v) for v in text.lower().split("x"))
-    return w, h
-
-
 @app.command("sample-sekai")
 def sample_sekai(
     out: Path = typer.Option(
@@ -33,7 +28,7 @@ def sample_sekai(
     video: bool = typer.Option(
         False, "--video", help="Also render an mp4 per clip from its trajectory."
     ),
-    video_size: str = typer.Option("384x216", help="Rendered video size WIDTHxHEIGHT."),
+    video_size: str = typer.Option("216x384", help="Rendered video size HEIGHTxWIDTH."),
     corrupt: bool = typer.Option(False, "--corrupt", help="Mix in one bad input of each kind."),
 ) -> None:
     """Write a small Sekai-format release (CSV + npz trajectories [+ mp4]) with known motion.
@@ -42,9 +37,11 @@ def sample_sekai(
     300 frames) are saved as ground_truth.parquet, the reference for end-to-end tests.
     """
     from curation.sample_sekai import write_sample_release
+    from curation.video import parse_resolution
 
+    height, width = parse_resolution(video_size)
     info = write_sample_release(
-        out, clips, frames, seed, video=video, video_size=_resolution(video_size), corrupt=corrupt
+        out, clips, frames, seed, video=video, video_size=(width, height), corrupt=corrupt
     )
     typer.echo(f"wrote {info['clips']} clips x {frames} frames to {out}")
 
