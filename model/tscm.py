@@ -402,9 +402,12 @@ class TSCMTransformer(WanTransformer3DModel):
             )  # T2V: fusion over prediction tokens
             return empty, torch.zeros(0, 3, dtype=torch.float64)
         lp = tuple(self.config.linear_patch_size)
-        order = torch.argsort(frame_ids.cpu(), descending=True)
-        x = history[:, :, order.to(history.device)]  # (B, C, Fh, H, W), oldest first
-        t = -frame_ids.cpu()[order].to(torch.float64)  # (Fh,)
+        frame_ids = frame_ids.cpu()
+        x = history  # (B, C, Fh, H, W), oldest first (ids descending)
+        if not bool((frame_ids[:-1] > frame_ids[1:]).all()):
+            order = torch.argsort(frame_ids, descending=True)
+            x, frame_ids = history[:, :, order.to(history.device)], frame_ids[order]
+        t = -frame_ids.to(torch.float64)  # (Fh,)
         pad = (-x.shape[2]) % lp[0]
         if pad:
             x = torch.cat([x[:, :, :1].expand(-1, -1, pad, -1, -1), x], dim=2)
@@ -451,9 +454,12 @@ class TSCMTransformer(WanTransformer3DModel):
         positions = pos_pred
         if history is not None:
             history_frame_ids = self._check_history(history, history_frame_ids, hidden_states)
-            keep = history_keep if history_keep is not None else torch.arange(history.shape[2])
+            attn_history, attn_ids = history, history_frame_ids
+            if history_keep is not None:
+                attn_history = history[:, :, history_keep.to(history.device)]
+                attn_ids = history_frame_ids[history_keep.cpu()]
             hist_tokens, pos_hist = self._temporal_spatial_tokens(
-                history[:, :, keep.to(history.device)], history_frame_ids.cpu()[keep.cpu()]
+                attn_history, attn_ids
             )  # (B, Nh, D), (Nh, 3)
             num_history = hist_tokens.shape[1]
             x = torch.cat([hist_tokens.to(x.dtype), x], dim=1)  # (B, Nh + Np, D)
