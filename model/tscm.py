@@ -347,11 +347,16 @@ class TSCMTransformer(WanTransformer3DModel):
             )
             model.reset_tscm_parameters()
         if torch_dtype is not None:
-            keep_fp32 = set(cls._keep_in_fp32_modules)  # as diffusers: these stay float32
-            for name, param in model.named_parameters():
-                fp32 = bool(set(name.split(".")) & keep_fp32)
-                param.data = param.data.to(torch.float32 if fp32 else torch_dtype)
+            model.cast_parameters(torch_dtype)
         return model.eval()
+
+    def cast_parameters(self, dtype: torch.dtype) -> TSCMTransformer:
+        """Cast parameters to ``dtype`` except Wan's float32 modules (as diffusers' loader does)."""
+        keep_fp32 = set(self._keep_in_fp32_modules)
+        for name, param in self.named_parameters():
+            fp32 = bool(set(name.split(".")) & keep_fp32)
+            param.data = param.data.to(torch.float32 if fp32 else dtype)
+        return self
 
     def reset_tscm_parameters(self) -> None:
         """Re-initialise the TSCM-only parameters; the fusion branches start as exact no-ops."""

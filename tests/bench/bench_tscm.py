@@ -49,8 +49,8 @@ def build_models(config_name: str, device: str, dtype: torch.dtype) -> dict[str,
         "linear_channels": 0,
     }
     with torch.device(device):
-        tscm = TSCMTransformer(**cfg).to(dtype).eval()
-        full = TSCMTransformer(**full_cfg).to(dtype).eval()
+        tscm = TSCMTransformer(**cfg).cast_parameters(dtype).eval()
+        full = TSCMTransformer(**full_cfg).cast_parameters(dtype).eval()
     return {"tscm": tscm, "tscm_full_channel": tscm, "spatial_only": tscm, "full_context": full}
 
 
