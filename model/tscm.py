@@ -308,6 +308,9 @@ class TSCMTransformer(WanTransformer3DModel):
         **tscm_overrides: Any,
     ) -> TSCMTransformer:
         """Load a local diffusers-format Wan2.2 or TSCM transformer directory (never downloads)."""
+        # diffusers' loader options that mean nothing here: loading is always local and eager
+        for option in ("low_cpu_mem_usage", "local_files_only", "use_safetensors"):
+            tscm_overrides.pop(option, None)
         unknown = set(tscm_overrides) - set(TSCM_FIELDS)
         if unknown:
             raise TypeError(

@@ -194,7 +194,12 @@ def test_from_pretrained_loads_plain_wan_with_tscm_keys_as_no_ops(tmp_path, mode
     _, wan = models
     wan.save_pretrained(tmp_path / "transformer")
     model = TSCMTransformer.from_pretrained(
-        tmp_path, subfolder="transformer", linear_channels=32, linear_heads=1
+        tmp_path,
+        subfolder="transformer",
+        low_cpu_mem_usage=False,  # diffusers options are accepted and mean nothing here
+        local_files_only=True,
+        linear_channels=32,
+        linear_heads=1,
     )
     x, t, text, history, ids = _inputs(hist=5)
     with torch.no_grad():
