@@ -9,6 +9,7 @@ path with no download, and everything it encodes is labelled tiny-random.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLWan
@@ -52,11 +53,13 @@ class VideoVAE:
     tiny_random: bool
 
     @classmethod
-    def from_pretrained(cls, path: str, *, subfolder: str | None = "vae") -> VideoVAE:
-        """The production Wan2.2 VAE from a local diffusers folder (no hub access)."""
-        kwargs = {"subfolder": subfolder} if subfolder else {}
+    def from_pretrained(cls, path: str) -> VideoVAE:
+        """The production Wan2.2 VAE from a local folder: a Wan diffusers root (``vae/``
+        inside) or the VAE folder itself. Never touches a hub."""
+        root = Path(path)
+        vae_dir = root / "vae" if (root / "vae").is_dir() else root
         model = AutoencoderKLWan.from_pretrained(
-            path, torch_dtype=torch.float32, local_files_only=True, **kwargs
+            vae_dir, torch_dtype=torch.float32, local_files_only=True
         )
         return cls(model.eval().requires_grad_(False), model_id=str(path), tiny_random=False)
 

@@ -54,7 +54,8 @@ def wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
         for block in model.blocks:
             fully_shard(block, mp_policy=mp)
         return fully_shard(model, mp_policy=mp)
-    return nn.parallel.DistributedDataParallel(model)
+    # T2V steps leave the history-only parameters (channel-compression patchify) unused
+    return nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

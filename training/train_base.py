@@ -227,6 +227,10 @@ class Trainer:
             )
         return batch.to(self.ctx.device)
 
+    def _validating(self) -> bool:
+        # FSDP shards cannot be deep-copied for sampling: sample from a saved checkpoint instead
+        return self.ctx.is_main and not self.ctx.fsdp and self.val_batch is not None
+
     def validate(self) -> dict:
         """Validation loss at fixed noise, and an Euler-sampled block decoded to mp4 (EMA)."""
         batch = self.val_batch
@@ -285,7 +289,7 @@ class Trainer:
                 "elapsed_s": round(time.perf_counter() - t0, 3),
                 "tiny_random": cfg.tiny_random,
             }
-            if self.ctx.is_main and self.val_batch is not None and self.step % cfg.val_every == 0:
+            if self._validating() and self.step % cfg.val_every == 0:
                 row |= self.validate()
             if self.log is not None and (self.step % cfg.log_every == 0 or "val_loss" in row):
                 self.log.log(row)
