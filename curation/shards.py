@@ -20,12 +20,14 @@ import hashlib
 import io
 import json
 import logging
+import mmap
 import os
 import re
 import tarfile
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -48,6 +50,8 @@ log = logging.getLogger(__name__)
 INDEX_NAME = "index.parquet"
 STAGE = "shards"
 _TAR_MODE = 0o644
+_BLOCK, _RECORD = tarfile.BLOCKSIZE, tarfile.RECORDSIZE
+_MAP_BYTES = 1 << 20  # staged members at least this big are memory-mapped
 
 
 class ShardError(Exception):
@@ -79,6 +83,12 @@ def read_index(shards_dir: str | Path) -> pa.Table:
     return pq.read_table(path, schema=SHARD_INDEX_SCHEMA)
 
 
+def indexed_shards(shards_dir: str | Path) -> list[str]:
+    """Paths of the dataset's complete shards (those the index names): what a trainer reads."""
+    names = sorted(set(read_index(shards_dir).column("shard").to_pylist()))
+    return [str(Path(shards_dir) / n) for n in names]
+
+
 def check_sample(key: str, members: dict[str, bytes]) -> dict:
     """Validate one sample before it goes into a shard; return its parsed metadata.
 
@@ -92,7 +102,7 @@ def check_sample(key: str, members: dict[str, bytes]) -> dict:
     if missing:
         raise SchemaError(f"sample {key!r} lacks members {missing}")
     try:
-        meta = json.loads(members["json"])
+        meta = json.loads(bytes(members["json"]))  # members may be mmaps (bytes-like)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SchemaError(f"sample {key!r}: json member is not JSON: {e}") from e
     if not isinstance(meta, dict):
@@ -101,26 +111,30 @@ def check_sample(key: str, members: dict[str, bytes]) -> dict:
     if meta["key"] != key:
         raise SchemaError(f"sample {key!r}: json names key {meta['key']!r}")
     try:
-        members["txt"].decode("utf-8")
+        bytes(members["txt"]).decode("utf-8")
     except UnicodeDecodeError as e:
         raise SchemaError(f"sample {key!r}: txt member is not UTF-8: {e}") from e
     return meta
 
 
-def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
-    """A header with fixed owner, mode and time, so a rerun writes identical bytes."""
+def _tar_header(name: str, size: int) -> bytes:
+    """A member header with fixed owner, mode and time, so a rerun writes identical bytes."""
     info = tarfile.TarInfo(name)
     info.size = size
     info.mtime = 0
     info.mode = _TAR_MODE
     info.uid = info.gid = 0
     info.uname = info.gname = ""
-    return info
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def _sha256s(blobs: list[bytes]) -> list[str]:
+    return [hashlib.sha256(b).hexdigest() for b in blobs]  # hashlib releases the GIL
 
 
 def _tar_size(members: dict[str, bytes]) -> int:
     """Bytes ``members`` take in a tar: a 512-byte header plus data padded to 512."""
-    return sum(512 + -(-len(data) // 512) * 512 for data in members.values())
+    return sum(_BLOCK + -(-len(data) // _BLOCK) * _BLOCK for data in members.values())
 
 
 def summarize_metas(metas: Iterable[dict]) -> dict:
@@ -197,8 +211,11 @@ class ShardWriter:
         self.shards_written: list[str] = []
         self.samples_written = 0
         self._lock_fd: int | None = None
-        self._tar: tarfile.TarFile | None = None
         self._file = None
+        self._offset = 0
+        self._completer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-complete")
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-hash")
+        self._pending: Future | None = None
         self._tmp: Path | None = None
         self._rows: list[dict] = []
         self._metas: list[dict] = []
@@ -230,7 +247,10 @@ class ShardWriter:
                 self._finish_shard()
             else:
                 self._discard_shard()
+            self._wait_completed()
         finally:
+            self._completer.shutdown(wait=True)
+            self._hasher.shutdown(wait=True)
             if self._lock_fd is not None:
                 os.close(self._lock_fd)  # releases the flock
                 self._lock_fd = None
@@ -267,20 +287,31 @@ class ShardWriter:
             len(self._rows) >= self.max_samples or self._bytes + size > self.max_bytes
         ):
             self._finish_shard()
-        if self._tar is None:
+        if self._file is None:
             self._open_shard()
         name = shard_name(self.dataset, self._next)
         exts = sorted(members)
-        for ext in exts:
+        digests = self._hasher.submit(_sha256s, [members[e] for e in exts])  # overlaps writing
+        start = self._offset
+        for ext in exts:  # the tar format written directly: header, data, zero padding
             data = members[ext]
-            self._tar.addfile(_tarinfo(f"{key}.{ext}", len(data)), io.BytesIO(data))
+            header = _tar_header(f"{key}.{ext}", len(data))
+            pad = -len(data) % _BLOCK
+            self._file.write(header)
+            self._file.write(data)
+            self._file.write(b"\0" * pad)
+            self._offset += len(header) + len(data) + pad
+        # Start writing this sample to disk now (Linux: asynchronous writeback), so the
+        # fsync that ends the shard has little left to wait for.
+        self._file.flush()
+        os.posix_fadvise(self._file.fileno(), start, self._offset - start, os.POSIX_FADV_DONTNEED)
         self._rows.append(
             {
                 "key": key,
                 "shard": name,
                 "members": exts,
                 "sizes": [len(members[e]) for e in exts],
-                "sha256": [hashlib.sha256(members[e]).hexdigest() for e in exts],
+                "sha256": digests.result(),
                 "source": meta["source"],
                 "frames": meta["frames"],
                 "fps": meta["fps"],
@@ -296,47 +327,65 @@ class ShardWriter:
         fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=f".{name}.", suffix=".tmp")
         self._tmp = Path(tmp)
         self._file = os.fdopen(fd, "wb")
-        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.PAX_FORMAT)
+        self._offset = 0
 
     def _finish_shard(self) -> None:
-        """Close the shard: rename it into place, write its stats, then index its rows."""
-        if self._tar is None:
+        """End the shard and hand it to the background completer; start the next one.
+
+        Why a thread: fsync of a large shard then overlaps writing the next one. Shards are
+        completed one at a time, in order, so the index only ever grows by whole shards.
+        """
+        if self._file is None:
             return
-        name = shard_name(self.dataset, self._next)
-        self._tar.close()
+        end = self._offset + 2 * _BLOCK  # two zero blocks end the archive ...
+        self._file.write(b"\0" * (2 * _BLOCK + -end % _RECORD))  # ... padded to a record
         self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self._tmp, self.out_dir / name)
+        job = (self._file, self._tmp, shard_name(self.dataset, self._next), self._rows, self._metas)
+        self._wait_completed()
+        self._pending = self._completer.submit(self._complete, *job)
+        self._file = self._tmp = None
+        self._rows, self._metas, self._bytes = [], [], 0
+        self._next += 1
+
+    def _wait_completed(self) -> None:
+        """Wait for the shard being completed; re-raise its error here."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def _complete(self, file, tmp: Path, name: str, rows: list[dict], metas: list[dict]) -> None:
+        """fsync and rename the shard into place, write its stats, then index its rows."""
+        try:
+            os.fsync(file.fileno())
+        finally:
+            file.close()
+        os.replace(tmp, self.out_dir / name)
         stats = {
             "shard": name,
             "dataset": self.dataset,
             "bytes": (self.out_dir / name).stat().st_size,
-            "keys": [r["key"] for r in self._rows],
-            "durations_s": [round(m["frames"] / m["fps"], 3) for m in self._metas],
-            **summarize_metas(self._metas),
+            "keys": [r["key"] for r in rows],
+            "durations_s": [round(m["frames"] / m["fps"], 3) for m in metas],
+            **summarize_metas(metas),
         }
         atomic_write_json(self.out_dir / stats_name(name), stats)
-        rows = pa.Table.from_pylist(self._rows, schema=SHARD_INDEX_SCHEMA)
+        table = pa.Table.from_pylist(rows, schema=SHARD_INDEX_SCHEMA)
         self._index = write_table(
-            pa.concat_tables([self._index, rows]),
+            pa.concat_tables([self._index, table]),
             self.out_dir / INDEX_NAME,
             SHARD_INDEX_SCHEMA,
             provenance=self._provenance,
         )
         self.shards_written.append(name)
-        self.samples_written += len(self._rows)
-        self._tar = self._file = self._tmp = None
-        self._rows, self._metas, self._bytes = [], [], 0
-        self._next += 1
+        self.samples_written += len(rows)
 
     def _discard_shard(self) -> None:
-        if self._tar is None:
+        if self._file is None:
             return
         self._file.close()
         self._tmp.unlink(missing_ok=True)
         self.done_keys.difference_update(r["key"] for r in self._rows)
-        self._tar = self._file = self._tmp = None
+        self._file = self._tmp = None
         self._rows, self._metas, self._bytes = [], [], 0
 
 
@@ -418,6 +467,15 @@ def staged_samples(staging_dir: str | Path) -> tuple[dict[str, dict[str, Path]],
     return complete, len(groups) - len(complete)
 
 
+def _load(path: Path) -> bytes | mmap.mmap:
+    """A staged member: small ones read, large ones mapped (hashed and written, never copied)."""
+    size = path.stat().st_size
+    if size < _MAP_BYTES:
+        return path.read_bytes()
+    with open(path, "rb") as f:
+        return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+
+
 def write_shards_from_dir(
     staging_dir: str | Path,
     shards_dir: str | Path,
@@ -439,7 +497,7 @@ def write_shards_from_dir(
     def items() -> Iterator[tuple[str, str, Callable[[], dict[str, bytes]]]]:
         for key in sorted(complete):
             paths = complete[key]
-            yield key, str(paths["json"]), lambda p=paths: {e: f.read_bytes() for e, f in p.items()}
+            yield key, str(paths["json"]), lambda p=paths: {e: _load(f) for e, f in p.items()}
 
     with ShardWriter(shards_dir, dataset, max_samples=max_samples, max_bytes=max_bytes) as w:
         packed = _pack(w, items())

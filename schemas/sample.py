@@ -7,6 +7,7 @@ validates again. Bump SAMPLE_SCHEMA_VERSION on any incompatible change.
 
 from __future__ import annotations
 
+import copy
 import re
 
 import jsonschema
@@ -144,7 +145,13 @@ SAMPLE_JSON_SCHEMA: dict = {
     },
 }
 
-_VALIDATOR = jsonschema.Draft202012Validator(SAMPLE_JSON_SCHEMA)
+# The same contract, minus the per-frame token enums, which validate_sample checks as sets:
+# jsonschema descends into every item, ~40 ms for a 60 s clip against ~0.1 ms here.
+_FAST_SCHEMA = copy.deepcopy(SAMPLE_JSON_SCHEMA)
+for _field in ("keys", "mouse"):
+    _FAST_SCHEMA["properties"][_field] = {"type": "array"}
+_VALIDATOR = jsonschema.Draft202012Validator(_FAST_SCHEMA)
+_VOCAB = {"keys": frozenset(KEYS), "mouse": frozenset(MOUSE)}
 
 # One row per sample in `shards/<dataset>/index.parquet`: where it is and what it holds, so
 # verify can check every byte and a trainer can build mixtures without opening the tars.
@@ -190,6 +197,10 @@ def validate_sample(meta: dict) -> None:
         raise SchemaError(f"sample {meta.get('key', '?')!r} invalid: {shown}{more}")
     frames = meta["frames"]
     problems = []
+    for field, vocab in _VOCAB.items():
+        unknown = [t for t in meta[field] if not isinstance(t, str) or t not in vocab]
+        if unknown:
+            problems.append(f"{field}: unknown tokens {unknown[:5]}")
     if meta["keys"] and len(meta["keys"]) != frames:
         problems.append(f"keys has {len(meta['keys'])} entries for {frames} frames")
     if len(meta["mouse"]) != len(meta["keys"]):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from curation.shard_reader import collate, make_window_dataset
-from curation.shards import write_shards
+from curation.shards import indexed_shards, write_shards
 from schemas.actions import KEY_CODE, KEYS, MOUSE, MOUSE_CODE
 from tests.test_shards import frame_level, make_mp4, make_sample
 
@@ -28,7 +28,7 @@ def shards(tmp_path_factory) -> tuple[list[str], dict[str, dict]]:
     samples.append(("still", make_sample("still", FRAMES, mp4=mp4, actions=False)))
     write_shards(samples, out, "real", max_samples=2)
     metas = {k: json.loads(m["json"]) for k, m in samples}
-    return sorted(str(p) for p in out.glob("*.tar")), metas
+    return indexed_shards(out), metas
 
 
 def frame_numbers(video: torch.Tensor) -> list[int]:

@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import curation.shards as shards_module
 from curation.shards import (
     ShardError,
     ShardWriter,
+    indexed_shards,
     iter_shard,
     read_index,
     verify_dataset,
@@ -151,6 +153,10 @@ def test_meta_helper_is_valid():
     with pytest.raises(SchemaError, match="keys has 11 entries"):
         validate_sample(bad)
     bad = make_meta("a")
+    bad["mouse"][3] = "Left"
+    with pytest.raises(SchemaError, match=r"mouse: unknown tokens \['Left'\]"):
+        validate_sample(bad)
+    bad = make_meta("a")
     bad["source"] = "youtube"
     with pytest.raises(SchemaError, match="source"):
         validate_sample(bad)
@@ -185,15 +191,18 @@ def test_round_trip_index_and_stats(built):
     assert report["samples_checked"] == 7
 
 
-def test_rerun_is_idempotent_and_deterministic(built, tmp_path):
+def test_rerun_is_idempotent_and_deterministic(built, tmp_path, monkeypatch):
     _, shards, samples = built
     before = {p.name: p.read_bytes() for p in shards.glob("*.tar")}
     summary = write_shards_from_dir(tmp_path / "staging", shards, "real", max_samples=3)
     assert summary["samples_written"] == 0 and summary["skipped_existing"] == 7
-    # A fresh build from the same staging gives byte-identical shards.
+    # A fresh build from the same staging gives byte-identical shards, also when every
+    # staged member is memory-mapped (the large-file path) instead of read.
+    monkeypatch.setattr(shards_module, "_MAP_BYTES", 1)
     again = tmp_path / "again"
     write_shards_from_dir(tmp_path / "staging", again, "real", max_samples=3)
     assert {p.name: p.read_bytes() for p in again.glob("*.tar")} == before
+    assert indexed_shards(again) == [str(again / n) for n in sorted(before)]
     # New staged samples go into new shards after the existing ones.
     stage(tmp_path / "staging", {"clip_99": make_sample("clip_99", mp4=samples["clip_00"]["mp4"])})
     summary = write_shards_from_dir(tmp_path / "staging", shards, "real", max_samples=3)
