@@ -8,7 +8,7 @@ DATA    ?= ./data
 SEKAI   ?=
 CLIPS   ?= 8
 
-.PHONY: setup demo test test-all lint bench sekai-actions sample-sekai clips train-base encode-latents clean
+.PHONY: setup demo test test-all lint bench sekai-actions sample-sekai clips train-base encode-latents shards-verify clean
 
 setup: $(STAMP)
 
@@ -71,6 +71,11 @@ train-base: setup
 # Pre-encode clip shards into latent shards (<data>/latents/) for `--latents` training.
 encode-latents: setup
 	$(BIN)/python -m jobs.encode_latents --config $(TRAIN_CONFIG) --data $(DATA)
+
+# Check every shard under $(DATA)/shards: members, sha256 vs index, json schema, mp4 frames.
+shards-verify: setup
+	$(BIN)/yume-data shards verify $(DATA)
+	$(BIN)/yume-data shards stats $(DATA)
 
 clean:
 	rm -rf $(DATA) bench-out
