@@ -30,6 +30,7 @@ from curation.manifest import atomic_write_bytes, config_hash
 from curation.provenance import code_version
 from curation.video import VideoError, probe, transcode
 from schemas.actions import CSV_COLUMNS, KEYS, MOUSE
+from schemas.common import SchemaError
 from schemas.sample import SAMPLE_SCHEMA_VERSION, SOURCES, validate_sample
 
 STAGE = "clips"
@@ -112,6 +113,8 @@ def retime_tokens(
     """Token string of every output frame: the label of the pair starting at its source frame."""
     if not len(codes):
         raise ClipReject("trajectory_too_short", "no frame pairs to take tokens from")
+    if max(codes) >= len(vocab):
+        raise ClipReject("bad_tokens", f"token code {max(codes)} outside the {len(vocab)} labels")
     pair = np.minimum(np.asarray(source_indices) // max(stride, 1), len(codes) - 1)
     return [vocab[int(c)] for c in np.asarray(codes)[pair]]
 
@@ -192,6 +195,11 @@ class ClipStage:
             meta = self._make_sample(clip, task["segments"], key)
         except (ClipReject, VideoError) as e:
             return {**base, "status": "rejected", "reason": e.reason, "detail": e.detail}
+        except SchemaError as e:
+            return {**base, "status": "rejected", "reason": "invalid_sample", "detail": str(e)}
+        except Exception as e:  # one odd input must not end the job; it is recorded instead
+            detail = f"{type(e).__name__}: {e}"
+            return {**base, "status": "rejected", "reason": "unexpected_error", "detail": detail}
         return {**base, **manifest_row(meta, self.config), "status": "done"}
 
     def video_path(self, clip: dict) -> Path:

@@ -57,8 +57,8 @@ class H264Writer:
         self._stream = self._container.add_stream("libx264", rate=_rate(fps))
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = "yuv420p"
-        self._stream.options = {"crf": str(crf), "preset": preset}
-        self._stream.codec_context.thread_count = threads
+        # x264's own ``threads`` option (0: auto); PyAV's thread_count did not limit x264.
+        self._stream.options = {"crf": str(crf), "preset": preset, "threads": str(threads)}
 
     def write(self, frames: np.ndarray) -> None:
         """Encode ``frames`` (T,H,W,3) or (H,W,3) uint8 RGB."""
@@ -121,7 +121,8 @@ def resize_crop(frame: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     box = frame[y : y + h, x : x + w]
     if (w, h) == (out_w, out_h):
         return np.ascontiguousarray(box)
-    interp = cv2.INTER_AREA if w > out_w else cv2.INTER_LINEAR
+    # Area averaging only where linear would alias (shrinking 2x or more); it is ~4x slower.
+    interp = cv2.INTER_AREA if w >= 2 * out_w else cv2.INTER_LINEAR
     return cv2.resize(box, (out_w, out_h), interpolation=interp)
 
 

@@ -106,6 +106,8 @@ def run(job: ClipsJob) -> dict:
     tasks = load_tasks(root)
     stage = ClipStage(cfg)
     stage.setup()
+    for tmp in cfg.staging_dir.glob(".*.tmp"):  # left by a killed run; never a whole sample
+        tmp.unlink(missing_ok=True)
     # Finished samples (json staged) are recognised here, so a rerun schedules only the rest.
     staged = [
         (cfg.staging_dir / f"{sample_key(t['clip']['clip_id'])}.json").exists() for t in tasks

@@ -1,0 +1,92 @@
+"""Transcoding throughput of the clips stage against the ffmpeg command line doing the same work.
+
+Work: a 1280x720 30 fps H.264 source (rendered here) -> 16 fps (nearest frame), centre crop
+to the 544x960 aspect + bilinear resize, libx264 yuv420p. Both sides use the same codec settings
+(libx264, preset, crf, yuv420p) and the same thread count for decoder and encoder; ffmpeg
+is the static binary of the imageio-ffmpeg package. Best of REPEATS runs each, interleaved,
+because the machine is shared. Target: ours >= 0.9x ffmpeg's output frames per second.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from curation.render import render_clip
+from curation.video import crop_box, resample_indices, transcode
+
+SOURCE = (1280, 720)
+FRAMES = 240
+OUT = (544, 960)  # height, width
+CRF, PRESET = 23, "veryfast"
+THREADS = (1, 2)
+REPEATS = 3
+TARGET = 0.9
+
+
+def _source(path: Path) -> None:
+    """A walk with a slow turn, so the encoder sees real motion."""
+    c2w = np.tile(np.eye(4), (FRAMES, 1, 1))
+    pos = np.zeros(3)
+    for i in range(FRAMES):
+        rot = Rotation.from_euler("y", 0.004 * i).as_matrix()
+        c2w[i, :3, :3], c2w[i, :3, 3] = rot, pos
+        pos = pos + rot @ [0.0, 0.0, 0.002]
+    k = np.array([[1000.0, 0, 960], [0, 1000.0, 540], [0, 0, 1]])
+    render_clip(c2w, k, path, size=SOURCE, crf=18)
+
+
+def _ffmpeg_cmd(src: Path, dst: Path, threads: int) -> list[str]:
+    import imageio_ffmpeg
+
+    x, y, w, h = crop_box(*SOURCE, OUT[1], OUT[0])
+    vf = f"fps=16,crop={w}:{h}:{x}:{y},scale={OUT[1]}:{OUT[0]}:flags=bilinear"
+    return [
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        "-v", "error", "-y", "-threads", str(threads), "-i", str(src),
+        "-vf", vf, "-c:v", "libx264", "-preset", PRESET, "-crf", str(CRF),
+        "-threads", str(threads), "-pix_fmt", "yuv420p", "-an", str(dst),
+    ]  # fmt: skip
+
+
+def main() -> dict:
+    result: dict = {
+        "source": f"{SOURCE[0]}x{SOURCE[1]}@30 x{FRAMES}",
+        "output": f"{OUT[0]}x{OUT[1]}@16",
+    }
+    result.update(codec=f"libx264 preset={PRESET} crf={CRF} yuv420p", targets_met={})
+    frames = len(resample_indices(FRAMES, 30.0, 16.0))
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "src.mp4"
+        _source(src)
+        for threads in THREADS:
+            ours, ffmpeg = [], []
+            for _ in range(REPEATS):
+                t0 = time.perf_counter()
+                out = transcode(src, 16.0, OUT, crf=CRF, preset=PRESET, threads=threads)
+                ours.append(time.perf_counter() - t0)
+                assert out.frames == frames
+                t0 = time.perf_counter()
+                subprocess.run(_ffmpeg_cmd(src, Path(tmp) / "ff.mp4", threads), check=True)
+                ffmpeg.append(time.perf_counter() - t0)
+            ratio = min(ffmpeg) / min(ours)
+            result[f"threads{threads}"] = {
+                "ours_fps": round(frames / min(ours), 1),
+                "ffmpeg_fps": round(frames / min(ffmpeg), 1),
+                "ratio": round(ratio, 3),
+            }
+            result["targets_met"][f"transcode_threads{threads}_vs_ffmpeg>={TARGET}"] = (
+                ratio >= TARGET
+            )
+    return result
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(main(), indent=2))
