@@ -229,16 +229,15 @@ class ShardWriter:
         self._lock_fd = os.open(self.out_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            self._index = self._recover()
+        except BaseException as e:
             os.close(self._lock_fd)
             self._lock_fd = None
-            raise RuntimeError(f"another shard writer is running in {self.out_dir}") from None
-        self._index = self._recover()
+            if isinstance(e, BlockingIOError):
+                raise RuntimeError(f"another shard writer is running in {self.out_dir}") from None
+            raise
         self.indexed_at_open = frozenset(self._index.column("key").to_pylist())
         self.done_keys: set[str] = set(self.indexed_at_open)
-        pattern = _shard_re(self.dataset)
-        used = [int(pattern.match(s).group(1)) for s in self._index.column("shard").to_pylist()]
-        self._next = max(used, default=-1) + 1
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -268,12 +267,27 @@ class ShardWriter:
             log.warning("index rows name missing shards %s; dropping them to rewrite", gone)
             keep = pa.array([s in present for s in index.column("shard").to_pylist()])
             index = write_table(index.filter(keep), self.out_dir / INDEX_NAME, SHARD_INDEX_SCHEMA)
+        # A killed run leaves at most one shard renamed but not indexed: the one after the
+        # last indexed shard. Remove it (it is rewritten); anything else means the index was
+        # lost or edited, and deleting shards then would destroy data, so stop instead.
         pattern = _shard_re(self.dataset)
+        used = [int(pattern.match(s).group(1)) for s in present]
+        crashed = shard_name(self.dataset, max(used, default=-1) + 1)
+        unindexed = []
         for path in sorted(self.out_dir.iterdir()):
             m = pattern.match(path.name)
             if m and shard_name(self.dataset, int(m.group(1))) not in present:
-                log.warning("removing %s: not in the index (interrupted run)", path.name)
-                path.unlink()
+                unindexed.append(path)
+        strays = [p.name for p in unindexed if p.suffix == ".tar" and p.name != crashed]
+        if strays:
+            raise RuntimeError(
+                f"{self.out_dir}: shard files {strays[:5]} are not in {INDEX_NAME}; refusing to "
+                "overwrite them. Restore the index, or move those files away, and rerun."
+            )
+        for path in unindexed:  # the crashed shard, and stats files of shards not indexed
+            log.warning("removing %s: its shard is not in the index", path.name)
+            path.unlink()
+        self._next = max(used, default=-1) + 1
         return index
 
     # -- writing ---------------------------------------------------------------------------
@@ -304,7 +318,10 @@ class ShardWriter:
         # Start writing this sample to disk now (Linux: asynchronous writeback), so the
         # fsync that ends the shard has little left to wait for.
         self._file.flush()
-        os.posix_fadvise(self._file.fileno(), start, self._offset - start, os.POSIX_FADV_DONTNEED)
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(
+                self._file.fileno(), start, self._offset - start, os.POSIX_FADV_DONTNEED
+            )
         self._rows.append(
             {
                 "key": key,

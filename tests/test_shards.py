@@ -363,6 +363,17 @@ def test_recovery_from_crash_states(built, tmp_path):
     summary = write_shards_from_dir(tmp_path / "staging", shards, "real", max_samples=3)
     assert summary["samples_written"] == 3
     assert verify_dataset(shards)["ok"]
+    # a lost index never gets shards deleted: the writer stops and says why
+    before = sorted(p.name for p in shards.iterdir())
+    (shards / "index.parquet").unlink()
+    with pytest.raises(RuntimeError, match="not in index.parquet; refusing"):
+        write_shards_from_dir(tmp_path / "staging", shards, "real")
+    assert sorted(p.name for p in shards.iterdir()) == [n for n in before if n != "index.parquet"]
+
+
+def test_second_writer_is_locked_out(tmp_path):
+    with ShardWriter(tmp_path, "real"), pytest.raises(RuntimeError, match="another shard writer"):
+        ShardWriter(tmp_path, "real").__enter__()
 
 
 def test_sigkill_and_rerun_loses_and_duplicates_nothing(tmp_path, mp4):
