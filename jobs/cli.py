@@ -266,7 +266,11 @@ def shards_verify(
 
     if decode not in ("ends", "full", "none"):
         raise typer.BadParameter("decode must be ends, full or none")
-    if not run_verify(root, decode=decode, workers=workers, report_path=report)["ok"]:
+    try:
+        ok = run_verify(root, decode=decode, workers=workers, report_path=report)["ok"]
+    except FileNotFoundError as e:
+        raise typer.BadParameter(str(e), param_hint="ROOT") from None
+    if not ok:
         raise typer.Exit(1)
 
 
@@ -280,7 +284,10 @@ def shards_stats(
     """
     from jobs.shards import run_stats
 
-    run_stats(root)
+    try:
+        run_stats(root)
+    except FileNotFoundError as e:
+        raise typer.BadParameter(str(e), param_hint="ROOT") from None
 
 
 # ---- end shards ------------------------------------------------------------------------------

@@ -424,3 +424,8 @@ def test_write_cli(tmp_path, mp4):
     assert result.exit_code == 0, result.output
     assert read_index(tmp_path / "shards" / "real").column("key").to_pylist() == ["a", "b"]
     assert (tmp_path / "manifests" / "shards_real.rejects.parquet").exists()
+
+
+def test_verify_cli_rejects_a_folder_without_shards(tmp_path):
+    result = CliRunner().invoke(app, ["shards", "verify", str(tmp_path)])
+    assert result.exit_code == 2 and "neither a data root" in result.output
