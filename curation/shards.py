@@ -306,7 +306,6 @@ class ShardWriter:
         name = shard_name(self.dataset, self._next)
         exts = sorted(members)
         digests = self._hasher.submit(_sha256s, [members[e] for e in exts])  # overlaps writing
-        start = self._offset
         for ext in exts:  # the tar format written directly: header, data, zero padding
             data = members[ext]
             header = _tar_header(f"{key}.{ext}", len(data))
@@ -315,13 +314,6 @@ class ShardWriter:
             self._file.write(data)
             self._file.write(b"\0" * pad)
             self._offset += len(header) + len(data) + pad
-        # Start writing this sample to disk now (Linux: asynchronous writeback), so the
-        # fsync that ends the shard has little left to wait for.
-        self._file.flush()
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(
-                self._file.fileno(), start, self._offset - start, os.POSIX_FADV_DONTNEED
-            )
         self._rows.append(
             {
                 "key": key,
