@@ -242,7 +242,7 @@ def shards_write(
 ) -> None:
     """Pack complete staged samples not yet indexed into new shards (resumable).
 
-    Bad samples are listed in OUT/manifests/shards_DATASET.rejects.parquet.
+    Bad samples are listed in OUT/manifests/shards.DATASET.rejects.parquet.
     """
     from jobs.shards import run_write
 

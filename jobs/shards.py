@@ -173,7 +173,7 @@ def run_write(
         dataset,
         max_samples=max_samples,
         max_bytes=max_bytes,
-        rejects_path=root / "manifests" / f"shards_{dataset}.rejects.parquet",
+        rejects_path=root / "manifests" / f"shards.{dataset}.rejects.parquet",
     )
     print(
         f"{dataset}: wrote {summary['samples_written']} samples in "

@@ -227,7 +227,7 @@ def test_bad_samples_become_rejects(tmp_path, mp4):
     (staging / "no_txt.txt").unlink()
     (staging / "bad_json.json").write_text("{not json")
     (staging / "in_progress.mp4").write_bytes(mp4)  # no json yet: not complete, not rejected
-    rejects = tmp_path / "manifests" / "shards_real.rejects.parquet"
+    rejects = tmp_path / "manifests" / "shards.real.rejects.parquet"
     summary = write_shards_from_dir(staging, tmp_path / "real", "real", rejects_path=rejects)
     assert summary["samples_written"] == 1 and summary["incomplete"] == 1
     reasons = {r["clip_id"]: r["detail"] for r in summary["rejects"]}
@@ -423,7 +423,7 @@ def test_write_cli(tmp_path, mp4):
     result = CliRunner().invoke(app, [*args, "--dataset", "real"])
     assert result.exit_code == 0, result.output
     assert read_index(tmp_path / "shards" / "real").column("key").to_pylist() == ["a", "b"]
-    assert (tmp_path / "manifests" / "shards_real.rejects.parquet").exists()
+    assert (tmp_path / "manifests" / "shards.real.rejects.parquet").exists()
 
 
 def test_verify_cli_rejects_a_folder_without_shards(tmp_path):
