@@ -202,16 +202,21 @@ def clips(
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
-    summary = run(
-        ClipsJob(
-            config,
-            workers=workers,
-            address=address,
-            shards=shards,
-            max_samples=max_samples,
-            max_bytes=max_bytes,
-        )
+    if not videos.is_dir():
+        raise typer.BadParameter(f"{videos} is not a folder", param_hint="--videos")
+    job = ClipsJob(
+        config,
+        workers=workers,
+        address=address,
+        shards=shards,
+        max_samples=max_samples,
+        max_bytes=max_bytes,
     )
+    try:
+        summary = run(job)
+    except FileNotFoundError as e:  # no actions manifests under --root
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
     typer.echo(
         f"clips: {summary['inputs']} inputs, {summary['written']} written, "
         f"{summary['skipped_existing']} already done, {summary['rejected']} rejected "

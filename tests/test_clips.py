@@ -13,12 +13,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
+from typer.testing import CliRunner
 
 from curation.clips import ClipsConfig, ClipStage, retime_segments, retime_tokens, sample_key
 from curation.manifest import write_table
 from curation.render import render_clip
+from curation.shard_reader import make_window_dataset
 from curation.shards import verify_dataset
 from curation.video import resample_indices
+from jobs.cli import app
 from jobs.clips import ClipsJob, run
 from schemas.actions import CLIPS_SCHEMA, KEY_CODE, KEYS, MOUSE, MOUSE_CODE, SEGMENTS_SCHEMA
 from schemas.sample import validate_key, validate_sample
@@ -233,6 +236,15 @@ def test_job_rejects_bad_inputs_resumes_and_writes_shards(ray_local, good_video,
     verified = verify_dataset(root / "shards" / "sekai-real", decode="all")
     assert verified["ok"], verified["errors"]
     assert (verified["samples_indexed"], verified["shards"]) == (2, 2)
+    # Round trip through the training reader: a whole-clip t2v window per sample.
+    tars = sorted(str(p) for p in (root / "shards" / "sekai-real").glob("*.tar"))
+    reader = make_window_dataset(tars, 0, 160, shuffle=0, tasks=("t2v",))
+    items = list(reader)
+    assert len(items) == 2 and reader.skipped.count == 0
+    for item in items:
+        assert tuple(item["video"].shape) == (160, 72, 128, 3) and item["fps"] == 16.0
+        assert item["keys"].tolist() == [KEY_CODE["W"]] * 80 + [KEY_CODE["None"]] * 80
+        assert item["mouse"].tolist() == [MOUSE_CODE["·"]] * 80 + [MOUSE_CODE["→"]] * 80
     report = json.loads((root / "reports" / "clips.json").read_text())
     assert report["rejects_by_reason"]["missing_video"] == 1 and report["output_frames"] == 320
 
@@ -241,8 +253,15 @@ def test_job_rejects_bad_inputs_resumes_and_writes_shards(ray_local, good_video,
     assert again["shards"]["samples_written"] == 0
     assert pq.read_table(root / "manifests" / "clips.parquet").num_rows == 2
 
+    # The CLI runs the same job: exit code 3 says some inputs were rejected.
+    cli = CliRunner()
+    args = ["clips", "--videos", str(videos), "--root", str(root), "--resolution", "72x128"]
+    result = cli.invoke(app, args)
+    assert result.exit_code == 3, result.output
+    assert "7 rejected" in result.output
+    assert "--resolution" in cli.invoke(app, ["clips", "--help"]).output
 
-@pytest.mark.slow
+
 def test_end_to_end_sample_release_actions_clips_shards(ray_local, tmp_path):
     """sample-sekai (rendered videos) -> sekai-actions -> clips -> verified shards."""
     from curation.sample_sekai import write_sample_release
