@@ -86,6 +86,10 @@ class ClipsConfig:
         }
 
 
+class StaleSampleError(RuntimeError):
+    """The staging folder holds samples made with a different output config."""
+
+
 class ClipReject(Exception):
     """An input the stage does not accept; becomes a rejects row."""
 
@@ -184,13 +188,9 @@ class ClipStage:
             "clip_id": clip["clip_id"],
             "input": clip.get("video_file") or clip["clip_id"],
         }
-        json_path = self.config.staging_dir / f"{key}.json"
-        if json_path.exists():
-            return {
-                **base,
-                **manifest_row(json.loads(json_path.read_bytes()), self.config),
-                "status": "skipped",
-            }
+        done = self.finished(key)
+        if done is not None:
+            return {**base, **manifest_row(done, self.config), "status": "skipped"}
         try:
             meta = self._make_sample(clip, task["segments"], key)
         except (ClipReject, VideoError) as e:
@@ -201,6 +201,24 @@ class ClipStage:
             detail = f"{type(e).__name__}: {e}"
             return {**base, "status": "rejected", "reason": "unexpected_error", "detail": detail}
         return {**base, **manifest_row(meta, self.config), "status": "done"}
+
+    def finished(self, key: str) -> dict | None:
+        """The staged metadata of ``key`` when its sample is complete, else None.
+
+        Raises StaleSampleError when it was made with another output config: resuming
+        would mix two configurations in one dataset.
+        """
+        json_path = self.config.staging_dir / f"{key}.json"
+        if not (json_path.exists() and json_path.with_suffix(".mp4").exists()):
+            return None
+        meta = json.loads(json_path.read_bytes())
+        if meta["provenance"]["config_hash"] != self.config_hash:
+            raise StaleSampleError(
+                f"{json_path} was made with config {meta['provenance']['config_hash']}, "
+                f"this run is {self.config_hash}: use another --dataset or remove "
+                f"{self.config.staging_dir}"
+            )
+        return meta
 
     def video_path(self, clip: dict) -> Path:
         """The clip's source video inside ``videos``; never a path outside it."""

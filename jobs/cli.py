@@ -181,7 +181,7 @@ def clips(
     Rerunning resumes (finished videos are skipped). Exit code: 0 when every clip was
     accepted, 3 when some were rejected, 1 on a fatal error.
     """
-    from curation.clips import ClipsConfig
+    from curation.clips import ClipsConfig, StaleSampleError
     from curation.video import parse_resolution
     from jobs.clips import ClipsJob, run
 
@@ -214,7 +214,7 @@ def clips(
     )
     try:
         summary = run(job)
-    except FileNotFoundError as e:  # no actions manifests under --root
+    except (FileNotFoundError, StaleSampleError) as e:  # no manifests / other config staged
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from e
     typer.echo(

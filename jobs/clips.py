@@ -109,9 +109,7 @@ def run(job: ClipsJob) -> dict:
     for tmp in cfg.staging_dir.glob(".*.tmp"):  # left by a killed run; never a whole sample
         tmp.unlink(missing_ok=True)
     # Finished samples (json staged) are recognised here, so a rerun schedules only the rest.
-    staged = [
-        (cfg.staging_dir / f"{sample_key(t['clip']['clip_id'])}.json").exists() for t in tasks
-    ]
+    staged = [stage.finished(sample_key(t["clip"]["clip_id"])) is not None for t in tasks]
     rows = [stage.process_one(t) for t, done in zip(tasks, staged, strict=True) if done]
     rows += _process(job, [t for t, done in zip(tasks, staged, strict=True) if not done])
     status = Counter(r["status"] for r in rows)

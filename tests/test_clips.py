@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,7 +16,14 @@ from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 from typer.testing import CliRunner
 
-from curation.clips import ClipsConfig, ClipStage, retime_segments, retime_tokens, sample_key
+from curation.clips import (
+    ClipsConfig,
+    ClipStage,
+    StaleSampleError,
+    retime_segments,
+    retime_tokens,
+    sample_key,
+)
 from curation.manifest import write_table
 from curation.render import render_clip
 from curation.shard_reader import make_window_dataset
@@ -252,6 +260,10 @@ def test_job_rejects_bad_inputs_resumes_and_writes_shards(ray_local, good_video,
     assert (again["written"], again["skipped_existing"], again["rejected"]) == (0, 2, 7)
     assert again["shards"]["samples_written"] == 0
     assert pq.read_table(root / "manifests" / "clips.parquet").num_rows == 2
+
+    # Resuming with another output config would mix two configs in one dataset: refused.
+    with pytest.raises(StaleSampleError):
+        run(ClipsJob(dataclasses.replace(job.config, fps=8.0), progress=False))
 
     # The CLI runs the same job: exit code 3 says some inputs were rejected.
     cli = CliRunner()
