@@ -103,7 +103,7 @@ def run(job: ClipsJob) -> dict:
     cfg = job.config
     root = Path(cfg.root)
     t0 = time.perf_counter()
-    tasks = load_tasks(root)
+    tasks, duplicates = _unique_keys(load_tasks(root))
     stage = ClipStage(cfg)
     stage.setup()
     for tmp in cfg.staging_dir.glob(".*.tmp"):  # left by a killed run; never a whole sample
@@ -112,6 +112,7 @@ def run(job: ClipsJob) -> dict:
     staged = [stage.finished(sample_key(t["clip"]["clip_id"])) is not None for t in tasks]
     rows = [stage.process_one(t) for t, done in zip(tasks, staged, strict=True) if done]
     rows += _process(job, [t for t, done in zip(tasks, staged, strict=True) if not done])
+    rows += duplicates
     status = Counter(r["status"] for r in rows)
     accepted = [r for r in rows if r["status"] in ("done", "skipped")]
     rejects = [
@@ -151,7 +152,7 @@ def run(job: ClipsJob) -> dict:
     frames = sum(r["frames"] for r in accepted)
     summary = {
         "stage": STAGE,
-        "inputs": len(tasks),
+        "inputs": len(tasks) + len(duplicates),
         "accepted": len(accepted),
         "written": status["done"],
         "skipped_existing": status["skipped"],
@@ -168,6 +169,29 @@ def run(job: ClipsJob) -> dict:
     }
     atomic_write_json(root / "reports" / f"{STAGE}.json", summary)
     return summary
+
+
+def _unique_keys(tasks: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Keep the first task per sample key; later ones become ``duplicate_clip`` rejects."""
+    seen, unique, rejected = set(), [], []
+    for t in tasks:
+        clip_id = t["clip"]["clip_id"]
+        key = sample_key(clip_id)
+        if key in seen:
+            rejected.append(
+                {
+                    "status": "rejected",
+                    "key": key,
+                    "clip_id": clip_id,
+                    "input": t["clip"].get("video_file") or clip_id,
+                    "reason": "duplicate_clip",
+                    "detail": f"clip id {clip_id!r} appears more than once in action_clips",
+                }
+            )
+        else:
+            seen.add(key)
+            unique.append(t)
+    return unique, rejected
 
 
 def main(argv: list[str] | None = None) -> None:

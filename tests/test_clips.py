@@ -209,6 +209,7 @@ def build_root(tmp_path: Path, good_video: Path) -> tuple[Path, Path]:
         clips.append(clip_row(clip_id, name, **over))
         segments += segment_rows(clip_id)
     clips.append(clip_row("seg_past_end", "good.mp4"))
+    clips.append(clip_row("good", "good.mp4"))  # a duplicate row
     segments += segment_rows("seg_past_end", last=N + 30)
     write_table(
         pa.Table.from_pylist(clips, CLIPS_SCHEMA),
@@ -227,10 +228,13 @@ def test_job_rejects_bad_inputs_resumes_and_writes_shards(ray_local, good_video,
     videos, root = build_root(tmp_path, good_video)
     job = ClipsJob(config(videos, root), workers=2, progress=False, max_samples=1)
     summary = run(job)
-    assert (summary["inputs"], summary["accepted"], summary["written"]) == (9, 2, 2)
+    assert (summary["inputs"], summary["accepted"], summary["written"]) == (10, 2, 2)
     rejects = pq.read_table(root / "manifests" / "clips.rejects.parquet").to_pylist()
     got = {r["clip_id"]: r["reason"] for r in rejects}
-    want = {k: v[3] for k, v in BAD.items()} | {"seg_past_end": "segment_beyond_video"}
+    want = {k: v[3] for k, v in BAD.items()} | {
+        "seg_past_end": "segment_beyond_video",
+        "good": "duplicate_clip",
+    }
     assert got == want and all(r["detail"] for r in rejects)
     samples = pq.read_table(root / "manifests" / "clips.parquet").to_pylist()
     assert sorted(r["clip_id"] for r in samples) == ["good", "odd/../id.v2"]
@@ -257,7 +261,7 @@ def test_job_rejects_bad_inputs_resumes_and_writes_shards(ray_local, good_video,
     assert report["rejects_by_reason"]["missing_video"] == 1 and report["output_frames"] == 320
 
     again = run(job)
-    assert (again["written"], again["skipped_existing"], again["rejected"]) == (0, 2, 7)
+    assert (again["written"], again["skipped_existing"], again["rejected"]) == (0, 2, 8)
     assert again["shards"]["samples_written"] == 0
     assert pq.read_table(root / "manifests" / "clips.parquet").num_rows == 2
 
@@ -270,7 +274,7 @@ def test_job_rejects_bad_inputs_resumes_and_writes_shards(ray_local, good_video,
     args = ["clips", "--videos", str(videos), "--root", str(root), "--resolution", "72x128"]
     result = cli.invoke(app, args)
     assert result.exit_code == 3, result.output
-    assert "7 rejected" in result.output
+    assert "8 rejected" in result.output
     assert "--resolution" in cli.invoke(app, ["clips", "--help"]).output
 
 
