@@ -19,13 +19,20 @@ from curation.actions import (
     action_text,
     codes_from_motion,
     relative_motion,
-    resets_from_motion,
+    reset_features,
+    resets_from_features,
     segment_runs,
     segment_speeds_batch,
 )
 from curation.manifest import config_hash, part_name, read_parts, rejects_table, write_table
-from curation.sekai import export_segment
-from curation.trajectory import TrajectoryError, load_trajectory, validate_trajectory
+from curation.trajectory import (
+    TrajectoryError,
+    bad_poses,
+    check_shape,
+    load_trajectory,
+    validate_trajectory,
+)
+from curation.yume_layout import export_segment
 from schemas.actions import CLIPS_SCHEMA, CSV_COLUMNS, KEYS, MOUSE, SEGMENTS_SCHEMA
 from schemas.common import REJECTS_SCHEMA
 
@@ -105,43 +112,46 @@ class ActionLabelStage:
         for it in items:
             try:
                 extrinsic, intrinsic = load_trajectory(it["path"])
-                c2w = validate_trajectory(
-                    extrinsic, intrinsic, min_frames=max(cfg.min_frames, s + 1)
-                )
+                c2w = check_shape(extrinsic, intrinsic, min_frames=max(cfg.min_frames, s + 1))
             except TrajectoryError as e:
                 rejects.append(_reject(it, e.reason, e.detail))
                 continue
             loaded.append((it, c2w))
+        loaded = self._drop_bad_poses(loaded, rejects)
 
         seg_rows: list[dict] = []
         clip_rows: list[dict] = []
         keys_arrays, mouse_arrays, reset_arrays = [], [], []
         if loaded:
+            # One pass over every frame of the batch; per-file work below is slicing only.
             big = np.concatenate([c for _, c in loaded])  # (sum N, 4, 4)
             t_rel, r_rel = relative_motion(big, s)
             keys_all, mouse_all = codes_from_motion(t_rel, r_rel, cfg.label)
+            off_identity, step, angle = reset_features(big, t_rel, r_rel)
+            per_file = []
             offset = 0
             for it, c2w in loaded:
-                pairs = slice(offset, offset + len(c2w) - s)  # this file's pairs only
-                offset += len(c2w)
-                keys, mouse = keys_all[pairs], mouse_all[pairs]
-                resets = resets_from_motion(c2w, t_rel[pairs], r_rel[pairs], cfg.label)
+                frames = slice(offset, offset + len(c2w))
+                pairs = slice(offset, offset + len(c2w) - s)  # pairs that straddle files dropped
+                resets = resets_from_features(
+                    off_identity[frames], step[pairs], angle[pairs], cfg.label
+                )
                 segments = segment_runs(
-                    keys,
-                    mouse,
+                    keys_all[pairs],
+                    mouse_all[pairs],
                     resets,
                     min_frames=cfg.min_frames,
                     max_frames=cfg.max_frames,
                     stride=s,
                 )
-                speeds = segment_speeds_batch(
-                    c2w,
-                    np.array([g.start for g in segments], dtype=int),
-                    np.array([g.end for g in segments], dtype=int),
-                    cfg.fps,
-                )
-                for i, (seg, sp) in enumerate(zip(segments, speeds.tolist(), strict=True)):
-                    seg_rows.append(self._segment_row(it["clip_id"], i, seg, tuple(sp)))
+                per_file.append((it, c2w, offset, pairs, resets, segments))
+                offset += len(c2w)
+            starts = np.array([o + g.start for _, _, o, _, _, segs in per_file for g in segs], int)
+            ends = np.array([o + g.end for _, _, o, _, _, segs in per_file for g in segs], int)
+            speeds = iter(segment_speeds_batch(big, starts, ends, cfg.fps).tolist())
+            for it, c2w, _, pairs, resets, segments in per_file:
+                for i, seg in enumerate(segments):
+                    seg_rows.append(self._segment_row(it["clip_id"], i, seg, tuple(next(speeds))))
                     if self.export_yume:
                         export_segment(
                             self.export_yume,
@@ -152,8 +162,8 @@ class ActionLabelStage:
                             KEYS[seg.keys],
                             MOUSE[seg.mouse],
                         )
-                keys_arrays.append(keys)
-                mouse_arrays.append(mouse)
+                keys_arrays.append(keys_all[pairs])
+                mouse_arrays.append(mouse_all[pairs])
                 reset_arrays.append(resets.astype(np.int32))
                 clip_rows.append(self._clip_row(it, len(c2w), len(segments)))
 
@@ -168,6 +178,30 @@ class ActionLabelStage:
                 "segments": [accepted.get(it["clip_id"], 0) for it in items],
             }
         )
+
+    @staticmethod
+    def _drop_bad_poses(
+        loaded: list[tuple[dict, np.ndarray]], rejects: list[dict]
+    ) -> list[tuple[dict, np.ndarray]]:
+        """Check every pose of the batch at once; files with a bad pose become rejects.
+
+        Only a file that fails is validated again on its own, for the precise reason.
+        """
+        if not loaded:
+            return loaded
+        lengths = np.array([len(c) for _, c in loaded])
+        bad = bad_poses(np.concatenate([c for _, c in loaded]))
+        bad_file = np.logical_or.reduceat(bad, np.concatenate([[0], np.cumsum(lengths)[:-1]]))
+        kept = []
+        for (it, c2w), is_bad in zip(loaded, bad_file, strict=True):
+            if not is_bad:
+                kept.append((it, c2w))
+                continue
+            try:
+                validate_trajectory(c2w)
+            except TrajectoryError as e:
+                rejects.append(_reject(it, e.reason, e.detail))
+        return kept
 
     def _segment_row(self, clip_id: str, index: int, seg, speeds: tuple) -> dict:
         keys, mouse = KEYS[seg.keys], MOUSE[seg.mouse]

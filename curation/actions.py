@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from schemas.actions import KEY_CODE, KEYS, MOUSE, MOUSE_CODE
 
@@ -76,6 +75,8 @@ def euler_xy(r_rel: np.ndarray, seq: str = "xyz") -> tuple[np.ndarray, np.ndarra
         ax = np.arctan2(r_rel[:, 2, 1], r_rel[:, 2, 2])
         ay = np.arcsin(np.clip(-r_rel[:, 2, 0], -1.0, 1.0))
         return ax, ay
+    from scipy.spatial.transform import Rotation  # only other conventions need scipy
+
     angles = Rotation.from_matrix(r_rel).as_euler(seq)
     lower = seq.lower()
     return angles[:, lower.index("x")], angles[:, lower.index("y")]
@@ -115,27 +116,37 @@ def label_frames(
 
 def detect_resets(c2w: np.ndarray, config: LabelConfig = LabelConfig()) -> np.ndarray:
     """Indices of frame pairs (i, i+stride) that are pose re-anchorings, not motion."""
-    return resets_from_motion(c2w, *relative_motion(c2w, config.stride), config)
+    t_rel, r_rel = relative_motion(c2w, config.stride)
+    return resets_from_features(*reset_features(c2w, t_rel, r_rel), config)
 
 
-def resets_from_motion(
-    c2w: np.ndarray, t_rel: np.ndarray, r_rel: np.ndarray, config: LabelConfig = LabelConfig()
+def reset_features(
+    c2w: np.ndarray, t_rel: np.ndarray, r_rel: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per frame: distance from identity; per pair: step length and rotation angle.
+
+    Vectorised over any stack of poses, so a batch of files is done in one pass.
+    """
+    off_identity = np.abs(np.asarray(c2w) - np.eye(4)).reshape(len(c2w), -1).max(axis=1)
+    step = np.sqrt(np.einsum("ni,ni->n", t_rel, t_rel))
+    angle = np.arccos(np.clip((np.trace(r_rel, axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0))
+    return off_identity, step, angle
+
+
+def resets_from_features(
+    off_identity: np.ndarray,
+    step: np.ndarray,
+    angle: np.ndarray,
+    config: LabelConfig = LabelConfig(),
 ) -> np.ndarray:
-    """Reset pairs of one trajectory, given its relative motions.
+    """Reset pairs of one trajectory from its ``reset_features``.
 
     Sekai re-anchors poses to identity every 300 frames. A reset is a pose that snaps to
     identity after one that was not identity, or a step far beyond the trajectory's median
     step (and large in absolute terms, so a still camera's jitter never counts).
     """
-    s = config.stride
-    off_identity = (
-        np.abs(np.asarray(c2w, dtype=np.float64) - np.eye(4)).reshape(len(c2w), -1).max(axis=1)
-    )
-    tol = config.reset_identity_tol
+    s, tol, f = config.stride, config.reset_identity_tol, config.reset_step_factor
     snap = (off_identity[s:] <= tol) & (off_identity[:-s] > tol)
-    step = np.linalg.norm(t_rel, axis=1)
-    angle = np.arccos(np.clip((np.trace(r_rel, axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0))
-    f = config.reset_step_factor
     jump_t = step > max(f * float(np.median(step)), config.reset_min_translation * s)
     jump_r = angle > max(f * float(np.median(angle)), config.reset_min_rotation * s)
     return np.flatnonzero(snap | jump_t | jump_r)

@@ -10,16 +10,14 @@ Anything that cannot become an item becomes a rejects row instead.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from curation.manifest import atomic_write_bytes
-from schemas.actions import CSV_COLUMNS, KEYS, MOUSE, MOUSE_FOLDER_NAMES
+from curation.yume_layout import parse_segment_txt
+from schemas.actions import CSV_COLUMNS, KEYS, MOUSE
 
 _CLIP_NAME = re.compile(r"^(?P<yt>.+)_(?P<start>\d+)_(?P<end>\d+)$")
 _SEGMENT_DIR = re.compile(r"^Keys_.+_Mouse_.+$")
@@ -136,16 +134,6 @@ def discover_trajectories(root: str | Path) -> tuple[list[dict], list[dict]]:
     return [_item(p.stem, p, "trajectory", **_clip_fields(p.stem)) for p in paths], []
 
 
-def parse_segment_txt(text: str) -> dict[str, str]:
-    """Yume's segment label file: ``Start Frame:``, ``End Frame:``, ``Keys:``, ``Mouse:`` lines."""
-    out = {}
-    for line in text.splitlines():
-        if ":" in line:
-            k, v = line.split(":", 1)
-            out[k.strip()] = v.strip()
-    return out
-
-
 def discover_segments(root: str | Path) -> tuple[list[dict], list[dict]]:
     """Items for Yume segment folders ``Keys_*_Mouse_*/<id>.npy`` with their published label."""
     items, rejects = [], []
@@ -190,29 +178,3 @@ def dedupe(items: list[dict]) -> tuple[list[dict], list[dict]]:
                 _reject(it["path"], "duplicate_clip_id", f"clip id also at {first}", it["clip_id"])
             )
     return kept, rejects
-
-
-def segment_folder(keys: str, mouse: str) -> str:
-    """Yume's folder name of a label: ``Keys_W_A_Mouse_Left``, ``Keys_None_Mouse_·``."""
-    return f"Keys_{keys.replace('+', '_')}_Mouse_{MOUSE_FOLDER_NAMES[mouse]}"
-
-
-def segment_txt(start: int, end: int, keys: str, mouse: str) -> str:
-    """Yume's segment label file text (frames inclusive)."""
-    return (
-        f"Start Frame: {start}\nEnd Frame: {end}\nDuration: {end - start + 1} frames\n"
-        f"Keys: {keys}\nMouse: {mouse}\n"
-    )
-
-
-def export_segment(
-    out: Path, clip_id: str, c2w: np.ndarray, start: int, end: int, keys: str, mouse: str
-) -> Path:
-    """Write one segment in Yume's layout (``.npy`` slice + ``.txt`` label), atomically."""
-    folder = out / segment_folder(keys, mouse)
-    stem = f"{clip_id}_frames_{start:05d}-{end:05d}"
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(c2w[start : end + 1], dtype=np.float32))
-    atomic_write_bytes(folder / f"{stem}.npy", buf.getvalue())
-    atomic_write_bytes(folder / f"{stem}.txt", segment_txt(start, end, keys, mouse).encode())
-    return folder / f"{stem}.npy"

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from curation.actions import detect_resets, label_codes, label_frames, segment_runs
-from curation.sekai import discover_segments, parse_segment_txt
+from curation.sekai import discover_segments
+from curation.yume_layout import parse_segment_txt
 from schemas.actions import KEYS, MOUSE
 
 
