@@ -4,6 +4,8 @@
    Euler conversion per frame pair) on the same 1800-frame trajectories. Target >= 500x.
 2. The whole sekai-actions job on 2,000 1800-frame npz files (Sekai's per-file size) on this
    machine, Ray already started (its start-up is reported separately). Target >= 500 files/s.
+   The same job on 18,208 files, the size of the Sekai-Real-Walking-HQ release, shows the
+   rate once the job's fixed costs (Ray Data start, consolidation, plots) are amortised.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def bench_job(trajs: list[np.ndarray], files: int = 2000) -> dict:
             buf = io.BytesIO()
             np.savez(buf, intrinsic=INTRINSIC_1080P.astype(np.float32), extrinsic=c)
             blobs.append(buf.getvalue())
-        for i in range(files):
+        for i in range(files):  # distinct names, content cycled from the synthetic set
             (src / f"benchclip{i:05d}_{i * 1800:07d}_{i * 1800 + FRAMES:07d}.npz").write_bytes(
                 blobs[i % len(blobs)]
             )
@@ -101,12 +103,15 @@ def main() -> dict:
     trajs = [synth_trajectory(rng, FRAMES).c2w for _ in range(20)]
     labelling = bench_labelling(trajs)
     job = bench_job(trajs)
+    hq = bench_job(trajs, files=18208)
     return {
         "labelling": labelling,
         "job": job,
+        "job_hq_release_size": hq,
         "targets_met": {
             "labelling_speedup_ge_500x": labelling["speedup"] >= 500,
             "job_ge_500_files_per_s": job["files_per_s"] >= 500,
+            "hq_release_under_a_minute": hq["job_s"] + hq["ray_start_s"] < 60,
         },
     }
 
