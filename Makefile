@@ -24,6 +24,8 @@ demo: setup
 	$(BIN)/yume-data sample-sekai --out $(DATA)/sample-sekai --clips $(CLIPS) --video
 	$(BIN)/yume-data sekai-actions --sekai $(DATA)/sample-sekai --out $(DATA)
 	$(BIN)/yume-data clips --videos $(DATA)/sample-sekai/videos --root $(DATA)
+	$(BIN)/yume-data shards verify $(DATA)
+	$(BIN)/yume-data shards stats $(DATA)
 	$(BIN)/yume-train base --config tiny --data $(DATA) --out $(DATA)/runs/tiny-demo --steps 20
 
 test: setup
