@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.compute as pc
 
 from curation.actions import (
     LabelConfig,
@@ -24,7 +24,14 @@ from curation.actions import (
     segment_runs,
     segment_speeds_batch,
 )
-from curation.manifest import config_hash, part_name, read_parts, rejects_table, write_table
+from curation.manifest import (
+    config_hash,
+    part_name,
+    read_parts,
+    reject_row,
+    rejects_table,
+    write_table,
+)
 from curation.trajectory import (
     TrajectoryError,
     bad_poses,
@@ -98,9 +105,6 @@ class ActionLabelStage:
         self.parts = PartsLayout(Path(root))
         self.export_yume = Path(export_yume) if export_yume else None
 
-    def setup(self) -> None:
-        """Nothing to load: this stage has no model."""
-
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Ray Data entry point: a batch of items in, one status row per item out."""
         return self.process(batch.to_pylist())
@@ -114,7 +118,7 @@ class ActionLabelStage:
                 extrinsic, intrinsic = load_trajectory(it["path"])
                 c2w = check_shape(extrinsic, intrinsic, min_frames=max(cfg.min_frames, s + 1))
             except TrajectoryError as e:
-                rejects.append(_reject(it, e.reason, e.detail))
+                rejects.append(reject_row(STAGE, it["path"], e.reason, e.detail, it["clip_id"]))
                 continue
             loaded.append((it, c2w))
         loaded = self._drop_bad_poses(loaded, rejects)
@@ -200,7 +204,7 @@ class ActionLabelStage:
             try:
                 validate_trajectory(c2w)
             except TrajectoryError as e:
-                rejects.append(_reject(it, e.reason, e.detail))
+                rejects.append(reject_row(STAGE, it["path"], e.reason, e.detail, it["clip_id"]))
         return kept
 
     def _segment_row(self, clip_id: str, index: int, seg, speeds: tuple) -> dict:
@@ -271,16 +275,6 @@ class ActionLabelStage:
         write_table(clips, d["clips"] / name, CLIPS_SCHEMA)
 
 
-def _reject(item: dict, reason: str, detail: str) -> dict:
-    return {
-        "stage": STAGE,
-        "input": item["path"],
-        "clip_id": item["clip_id"],
-        "reason": reason,
-        "detail": detail,
-    }
-
-
 def done_clip_ids(parts: dict[str, pa.Table]) -> set[str]:
     """Clip ids already finished: accepted (a clips row) or rejected by the stage."""
     ids = set(parts["clips"].column("clip_id").to_pylist())
@@ -307,11 +301,9 @@ def consolidate(
     parts = PartsLayout(root).read()
     clips = _unique(parts["clips"], ["clip_id"])
     accepted = pa.array(clips.column("clip_id").to_pylist())
-    segments = parts["segments"].filter(pa.compute.is_in(parts["segments"]["clip_id"], accepted))
+    segments = parts["segments"].filter(pc.is_in(parts["segments"]["clip_id"], accepted))
     segments = _unique(segments, ["clip_id", "segment_index"])
-    rejected = parts["rejects"].filter(
-        pa.compute.invert(pa.compute.is_in(parts["rejects"]["clip_id"], accepted))
-    )
+    rejected = parts["rejects"].filter(pc.invert(pc.is_in(parts["rejects"]["clip_id"], accepted)))
     rejects = pa.concat_tables([rejects_table(discovery_rejects), _unique(rejected, ["input"])])
     manifests = root / "manifests"
     return {

@@ -63,6 +63,13 @@ def read_provenance(path: str | Path) -> dict:
     return json.loads(meta.get(PROVENANCE_KEY, b"{}"))
 
 
+def reject_row(
+    stage: str, input_: str, reason: str, detail: str, clip_id: str | None = None
+) -> dict:
+    """One rejects-table row: what was refused (path or id), a reason code and the detail."""
+    return {"stage": stage, "input": input_, "clip_id": clip_id, "reason": reason, "detail": detail}
+
+
 def rejects_table(rows: Iterable[dict]) -> pa.Table:
     """Build a rejects table (see ``schemas.common.REJECTS_SCHEMA``) from dict rows."""
     rows = list(rows)

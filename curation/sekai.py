@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from curation.manifest import reject_row
 from curation.yume_layout import parse_segment_txt
 from schemas.actions import CSV_COLUMNS, KEYS, MOUSE
 
@@ -53,16 +54,6 @@ def _item(clip_id: str, path: Path, kind: str, **fields: object) -> dict:
     return item
 
 
-def _reject(input_: str, reason: str, detail: str, clip_id: str | None = None) -> dict:
-    return {
-        "stage": "actions",
-        "input": input_,
-        "clip_id": clip_id,
-        "reason": reason,
-        "detail": detail,
-    }
-
-
 def _clip_fields(name: str) -> dict:
     try:
         yt, start, end = parse_clip_name(name)
@@ -84,10 +75,10 @@ def discover_sekai(root: str | Path) -> tuple[list[dict], list[dict]]:
         try:
             df = pd.read_csv(csv, dtype=str, keep_default_na=False)
         except (pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
-            rejects.append(_reject(str(csv), "bad_csv", f"cannot parse CSV: {e}"))
+            rejects.append(reject_row("actions", str(csv), "bad_csv", f"cannot parse CSV: {e}"))
             continue
         if df.shape[1] == 0:
-            rejects.append(_reject(str(csv), "bad_csv", "CSV has no columns"))
+            rejects.append(reject_row("actions", str(csv), "bad_csv", "CSV has no columns"))
             continue
         first = df.columns[0]
         others = [c for c in df.columns[1:] if c not in CSV_COLUMNS]
@@ -97,14 +88,20 @@ def discover_sekai(root: str | Path) -> tuple[list[dict], list[dict]]:
             try:
                 yt, start, end = parse_clip_name(video_file)
             except ValueError as e:
-                rejects.append(_reject(where, "bad_video_file_name", str(e)))
+                rejects.append(reject_row("actions", where, "bad_video_file_name", str(e)))
                 continue
             clip_id = video_file[:-4] if video_file.endswith(".mp4") else video_file
             referenced.add(clip_id)
             path = npz.get(clip_id)
             if path is None:
                 rejects.append(
-                    _reject(where, "missing_trajectory", f"no {clip_id}.npz under {root}", clip_id)
+                    reject_row(
+                        "actions",
+                        where,
+                        "missing_trajectory",
+                        f"no {clip_id}.npz under {root}",
+                        clip_id,
+                    )
                 )
                 continue
             meta = {c: (row.get(c) or None) for c in CSV_COLUMNS}
@@ -146,8 +143,11 @@ def discover_segments(root: str | Path) -> tuple[list[dict], list[dict]]:
             keys, mouse = label.get("Keys"), label.get("Mouse")
             if keys not in KEYS or mouse not in MOUSE:
                 rejects.append(
-                    _reject(
-                        str(npy), "bad_label_file", f"{txt.name}: keys={keys!r} mouse={mouse!r}"
+                    reject_row(
+                        "actions",
+                        str(npy),
+                        "bad_label_file",
+                        f"{txt.name}: keys={keys!r} mouse={mouse!r}",
                     )
                 )
                 continue
@@ -175,6 +175,12 @@ def dedupe(items: list[dict]) -> tuple[list[dict], list[dict]]:
             kept.append(it)
         else:
             rejects.append(
-                _reject(it["path"], "duplicate_clip_id", f"clip id also at {first}", it["clip_id"])
+                reject_row(
+                    "actions",
+                    it["path"],
+                    "duplicate_clip_id",
+                    f"clip id also at {first}",
+                    it["clip_id"],
+                )
             )
     return kept, rejects
