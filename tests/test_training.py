@@ -193,3 +193,35 @@ def test_train_end_to_end_and_resume_is_bit_identical(tmp_path) -> None:
         assert torch.equal(a["ema"]["shadow"][k], b["ema"]["shadow"][k]), k
     rows_b = [json.loads(x) for x in (part / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows_b] == [1, 2, 3, 4, 5, 6]
+
+
+def test_ema_follows_fsdp_sharding_and_round_trips_through_full_state(tmp_path) -> None:
+    """EMA built from a fully_shard-ed model (gloo, 1 CPU rank): DTensor shadow, lerp on step,
+    full tensors in the checkpoint, re-sharded on restore."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    from training import distributed
+    from training.ema import EMA
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = fully_shard(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)))
+        ema = EMA(distributed.unwrap(model), 0.5)
+        assert all(hasattr(t, "device_mesh") for t in ema.shadow.values())
+        before = {n: distributed.full_tensor(t).clone() for n, t in ema.shadow.items()}
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        ema.update(distributed.unwrap(model))
+        full = {n: distributed.full_tensor(t) for n, t in ema.shadow.items()}
+        for n in full:
+            assert torch.allclose(full[n], before[n] + 0.5), n
+        fresh = EMA(distributed.unwrap(model), 0.5)
+        shadow = {n: distributed.shard_like(t, fresh.shadow[n]) for n, t in full.items()}
+        fresh.load_state_dict({"decay": 0.5, "shadow": shadow})
+        for n in full:
+            assert torch.equal(distributed.full_tensor(fresh.shadow[n]), full[n]), n
+    finally:
+        dist.destroy_process_group()

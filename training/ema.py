@@ -7,7 +7,11 @@ from torch import nn
 
 
 class EMA:
-    """``shadow = decay * shadow + (1 - decay) * param`` after every optimiser step."""
+    """``shadow = decay * shadow + (1 - decay) * param`` after every optimiser step.
+
+    Build it from the (FSDP-)wrapped model: each shadow tensor then has its parameter's
+    layout (a DTensor shard under FSDP), so every rank keeps only its shard.
+    """
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay

@@ -146,9 +146,9 @@ class Trainer:
         self.mixture = Mixture(streams, cfg.datasets, cfg.tasks, seed=cfg.seed + 17 * rank)
         self.val_batch = self._validation_batch(streams)
 
-        base = build_transformer(cfg).to(self.ctx.device)
-        self.ema = EMA(base, cfg.ema_decay)
-        self.model = distributed.wrap(base, self.ctx)
+        self.model = distributed.wrap(build_transformer(cfg).to(self.ctx.device), self.ctx)
+        # from the wrapped model: under FSDP the shadow is sharded like the parameters
+        self.ema = EMA(distributed.unwrap(self.model), cfg.ema_decay)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(
             params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
