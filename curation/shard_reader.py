@@ -23,10 +23,11 @@ import random
 from collections.abc import Iterator, Sequence
 
 import decord
+import numpy as np
 import torch
-import torch.nn.functional as F
 import webdataset as wds
 
+from curation.video import centre_crop, cover_size, resize_crop
 from schemas.actions import KEY_CODE, MOUSE_CODE
 from schemas.sample import TASKS
 
@@ -86,30 +87,41 @@ class _Shuffle:
 
 def _decord_batch(
     mp4: bytes, indices: Sequence[int], size: tuple[int, int] | None, threads: int
-) -> torch.Tensor:
+) -> np.ndarray:
     h, w = size if size is not None else (-1, -1)
     vr = decord.VideoReader(
         io.BytesIO(mp4), ctx=decord.cpu(0), width=w, height=h, num_threads=threads
     )
-    return torch.from_numpy(vr.get_batch(list(indices)).asnumpy())
+    return vr.get_batch(list(indices)).asnumpy()
 
 
 def decode_frames(
-    mp4: bytes, indices: Sequence[int], size: tuple[int, int] | None = None, threads: int = 1
+    mp4: bytes,
+    indices: Sequence[int],
+    size: tuple[int, int] | None = None,
+    threads: int = 1,
+    source_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Decode only ``indices`` of an mp4 in memory -> uint8 (T, H, W, 3), resized if ``size``.
+    """Decode only ``indices`` of an mp4 in memory -> uint8 (T, H, W, 3).
 
-    decord resizes while decoding (cheap) but fails on some output widths (a row-alignment
-    bug, e.g. 48 px); then the frames are decoded at full size and resized with torch.
+    ``size`` (H, W) resizes to cover it with the aspect kept and centre-crops, as the
+    clips stage does (curation.video.resize_crop). With the stored ``source_size`` (H, W)
+    known, decord scales to the cover size while decoding (cheap) and the centre is cut
+    out; otherwise, or where decord fails on an output width (a row-alignment bug, e.g.
+    48 px), frames are decoded at full size and resize_crop'ed.
     """
-    try:
-        return _decord_batch(mp4, indices, size, threads)
-    except decord.DECORDError:
-        if size is None:
-            raise
-    frames = _decord_batch(mp4, indices, None, threads).permute(0, 3, 1, 2)  # (T, 3, H, W)
-    frames = F.interpolate(frames.float(), size=size, mode="bilinear", antialias=True)
-    return frames.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    if size is None:
+        return torch.from_numpy(_decord_batch(mp4, indices, None, threads))
+    out_h, out_w = size
+    if source_size is not None:
+        cover_w, cover_h = cover_size(source_size[1], source_size[0], out_w, out_h)
+        try:
+            frames = _decord_batch(mp4, indices, (cover_h, cover_w), threads)
+            return torch.from_numpy(np.ascontiguousarray(centre_crop(frames, out_h, out_w)))
+        except decord.DECORDError:
+            pass
+    frames = _decord_batch(mp4, indices, None, threads)
+    return torch.from_numpy(np.stack([resize_crop(f, out_h, out_w) for f in frames]))
 
 
 def _action_text(segments: list[dict], pred: Sequence[int]) -> str:
@@ -161,7 +173,8 @@ class _Windows:
         p = rng.randint(first_pred, n - self.pred)  # first prediction frame, strided units
         h = 0 if task == "t2v" else min(self.history, p)
         idx = [offset + s * j for j in range(p - h, p + self.pred)]  # clip frame numbers
-        video = decode_frames(sample["mp4"], idx, self.size, self.threads)  # (T, H, W, 3) uint8
+        stored = (meta["height"], meta["width"])
+        video = decode_frames(sample["mp4"], idx, self.size, self.threads, stored)  # (T,H,W,3)
         if meta["keys"]:
             keys = torch.tensor([KEY_CODE[meta["keys"][i]] for i in idx], dtype=torch.int64)
             mouse = torch.tensor([MOUSE_CODE[meta["mouse"][i]] for i in idx], dtype=torch.int64)
@@ -220,7 +233,8 @@ def make_window_dataset(
         resampled: draw shards with replacement forever, per worker (for multi-node runs
             with unequal shard counts); else each shard once per epoch, split by node/worker.
         shuffle: sample shuffle buffer; it holds encoded samples (mp4 bytes), size RAM to it.
-        size: (H, W) to resize to while decoding, or None for the stored resolution.
+        size: (H, W) to resize to (cover, aspect kept) and centre-crop, or None for the
+            stored resolution.
         tasks: which tasks to draw; a sample offers the ones in its json ``tasks``.
         decode_threads: decord threads per reader (keep 1 with several loader workers).
 

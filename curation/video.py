@@ -114,13 +114,35 @@ def resample_indices(num_source: int, source_fps: float, out_fps: float) -> np.n
 # ---- resize + centre crop -----------------------------------------------------------------
 
 
+def _cover_scale(src_w: int, src_h: int, out_w: int, out_h: int) -> float:
+    """The one scale, aspect kept, at which the source just covers the output."""
+    return max(out_w / src_w, out_h / src_h)
+
+
+def cover_size(src_w: int, src_h: int, out_w: int, out_h: int) -> tuple[int, int]:
+    """(w, h) of the source scaled to just cover ``out_w x out_h``, aspect kept.
+
+    Resizing to this size and centre-cropping (``centre_crop``) is the other order of
+    ``resize_crop``, for decoders that resize while decoding (decord in the shard reader).
+    """
+    scale = _cover_scale(src_w, src_h, out_w, out_h)
+    return max(out_w, round(src_w * scale)), max(out_h, round(src_h * scale))
+
+
+def centre_crop(frames: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """The central ``out_h x out_w`` of (..., H, W, C) frames (a view, no copy)."""
+    h, w = frames.shape[-3:-1]
+    y, x = (h - out_h) // 2, (w - out_w) // 2
+    return frames[..., y : y + out_h, x : x + out_w, :]
+
+
 def crop_box(src_w: int, src_h: int, out_w: int, out_h: int) -> tuple[int, int, int, int]:
     """The central (x, y, w, h) box of the source with the output's aspect ratio.
 
     Cropping this box and resizing it to ``out_w x out_h`` equals resizing the frame to
     cover the output (aspect kept) and centre-cropping, to within a pixel of rounding.
     """
-    scale = max(out_w / src_w, out_h / src_h)
+    scale = _cover_scale(src_w, src_h, out_w, out_h)
     w, h = min(src_w, round(out_w / scale)), min(src_h, round(out_h / scale))
     return (src_w - w) // 2, (src_h - h) // 2, w, h
 

@@ -8,11 +8,14 @@ import json
 import tarfile
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 import torch
 
-from curation.shard_reader import collate, make_window_dataset
+from curation.shard_reader import collate, decode_frames, make_window_dataset
 from curation.shards import indexed_shards, write_shards
+from curation.video import resize_crop
 from schemas.actions import KEY_CODE, KEYS, MOUSE, MOUSE_CODE
 from tests.test_shards import frame_level, make_mp4, make_sample
 
@@ -156,3 +159,48 @@ def test_bad_samples_are_skipped_and_counted(tmp_path, shards):
     keys = _keys(ds)
     assert "good" in keys and "broken_mp4" not in keys and "bad_json" not in keys
     assert ds.skipped.count >= 3
+
+
+def circle_mp4(width: int, height: int, radius: int, frames: int = 3) -> bytes:
+    """A white disc on black in the frame centre."""
+    yy, xx = np.mgrid[:height, :width]
+    disc = (yy - height / 2 + 0.5) ** 2 + (xx - width / 2 + 0.5) ** 2 <= radius**2
+    img = np.repeat(np.where(disc, 235, 16).astype(np.uint8)[..., None], 3, axis=2)
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=16)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "10"}
+        for _ in range(frames):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        container.mux(stream.encode())
+    return buf.getvalue()
+
+
+def disc_extent(frame: torch.Tensor) -> tuple[int, int]:
+    """(height, width) in pixels of the bright disc in a (H, W, 3) frame."""
+    mask = frame.float().mean(dim=2) > 125
+    return int(mask.any(dim=1).sum()), int(mask.any(dim=0).sum())
+
+
+@pytest.mark.parametrize("size", [(64, 128), (64, 64), (60, 44)])
+def test_resize_keeps_aspect_like_the_clips_stage(tmp_path, size):
+    """A 2:1 source read at other aspects is covered and centre-cropped, never stretched."""
+    src_w, src_h, radius = 256, 128, 40
+    mp4 = circle_mp4(src_w, src_h, radius)
+    out = tmp_path / "real"
+    write_shards(
+        [("disc", make_sample("disc", 3, mp4=mp4, width=src_w, height=src_h))], out, "real"
+    )
+    (item,) = make_window_dataset(indexed_shards(out), 0, 3, shuffle=0, tasks=("t2v",), size=size)
+    video = item["video"]
+    assert video.shape == (3, *size, 3)
+    scale = max(size[0] / src_h, size[1] / src_w)
+    h, w = disc_extent(video[0])
+    assert abs(h - w) <= 1 and abs(h - 2 * radius * scale) <= 2  # round, and scaled to cover
+    # The same pixels as the clips stage's resize_crop of the full-size frame.
+    full = decode_frames(mp4, [0]).numpy()[0]
+    want = resize_crop(full, *size).astype(float)
+    assert np.abs(video[0].numpy().astype(float) - want).mean() < 4
+    fallback = decode_frames(mp4, [0], size)[0]  # no stored size: full decode + resize_crop
+    assert np.array_equal(fallback.numpy(), resize_crop(full, *size))
