@@ -52,6 +52,7 @@ STAGE = "shards"
 _TAR_MODE = 0o644
 _BLOCK, _RECORD = tarfile.BLOCKSIZE, tarfile.RECORDSIZE
 _MAP_BYTES = 1 << 20  # staged members at least this big are memory-mapped
+DECODE_MODES: tuple[str, ...] = ("ends", "full", "none")  # how much of each mp4 verify decodes
 
 
 class ShardError(Exception):
@@ -561,14 +562,22 @@ def iter_shard(
         yield key, members
 
 
+def check_decode_mode(decode: str) -> None:
+    """Raise ValueError unless ``decode`` is one of DECODE_MODES."""
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode must be one of {'|'.join(DECODE_MODES)}, got {decode!r}")
+
+
 def check_video(mp4: bytes, meta: dict, decode: str = "ends") -> list[str]:
     """Problems decoding ``mp4`` against its metadata (frame count, fps, resolution).
 
-    ``decode``: "ends" decodes the first and last frame (catches truncation cheaply),
-    "full" decodes every frame, "none" only reads the container header.
+    The frame count is the container index's (``len`` of the decord reader). ``decode``:
+    "ends" also decodes the first and the last frame by index (catches a cut-off stream
+    cheaply), "full" decodes every frame, "none" reads the container header only.
     """
     import decord
 
+    check_decode_mode(decode)
     try:
         vr = decord.VideoReader(io.BytesIO(mp4), ctx=decord.cpu(0), num_threads=1)
         n, fps = len(vr), vr.get_avg_fps()
@@ -621,6 +630,7 @@ def verify_shard(path: str | Path, rows: dict[str, dict], decode: str = "ends") 
 
     Every problem is a message "<shard>:<key>: what is wrong"; ``ok`` is False when any.
     """
+    check_decode_mode(decode)
     name = Path(path).name
     errors, seen = [], set()
     try:
@@ -655,6 +665,7 @@ def verify_dataset(
     Also checks: the index exists, keys are unique, every named shard and stats file exists,
     and no shard file is missing from the index.
     """
+    check_decode_mode(decode)
     shards_dir = Path(shards_dir)
     dataset = shards_dir.name
     errors: list[str] = []

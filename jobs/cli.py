@@ -258,7 +258,10 @@ def shards_write(
 def shards_verify(
     root: Path = typer.Argument(..., help="Data root (all shards/<dataset>/) or one dataset."),
     decode: str = typer.Option(
-        "ends", help="mp4 check: 'ends' first+last frame, 'full' every frame, 'none' header."
+        "ends",
+        help="mp4 check; the frame count always comes from the container index. 'ends' "
+        "decodes the first and last frame, 'full' decodes every frame (the only mode that "
+        "does), 'none' reads the header only.",
     ),
     workers: int = typer.Option(2, help="Processes verifying shards in parallel."),
     report: Path | None = typer.Option(None, help="JSON report (ROOT/reports/shards_verify.json)."),
@@ -267,10 +270,13 @@ def shards_verify(
 
     Exits non-zero on any failure; details in the JSON report.
     """
+    from curation.shards import check_decode_mode
     from jobs.shards import run_verify
 
-    if decode not in ("ends", "full", "none"):
-        raise typer.BadParameter("decode must be ends, full or none")
+    try:
+        check_decode_mode(decode)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--decode") from None
     try:
         ok = run_verify(root, decode=decode, workers=workers, report_path=report)["ok"]
     except FileNotFoundError as e:

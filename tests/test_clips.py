@@ -245,7 +245,7 @@ def test_job_rejects_bad_inputs_resumes_and_writes_shards(ray_local, good_video,
     assert staged == sorted(f"{k}.{e}" for k in ("good", odd) for e in ("json", "mp4", "txt"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "videos"]
     assert sorted(p.name for p in root.iterdir()) == ["clips", "manifests", "reports", "shards"]
-    verified = verify_dataset(root / "shards" / "sekai-real", decode="all")
+    verified = verify_dataset(root / "shards" / "sekai-real", decode="full")
     assert verified["ok"], verified["errors"]
     assert (verified["samples_indexed"], verified["shards"]) == (2, 2)
     # Round trip through the training reader: a whole-clip t2v window per sample.
@@ -289,7 +289,7 @@ def test_end_to_end_sample_release_actions_clips_shards(ray_local, tmp_path):
     run_actions(ActionsJob(out=root, sekai=[release], progress=False))
     summary = run(ClipsJob(config(release / "videos", root), progress=False))
     assert (summary["inputs"], summary["accepted"], summary["rejected"]) == (2, 2, 0)
-    assert verify_dataset(root / "shards" / "sekai-real", decode="all")["ok"]
+    assert verify_dataset(root / "shards" / "sekai-real", decode="full")["ok"]
     truth = {r["clip_id"]: r for r in pq.read_table(release / "ground_truth.parquet").to_pylist()}
     for clip_id, gt in truth.items():
         meta = json.loads(
@@ -368,4 +368,4 @@ def test_killed_job_reruns_without_loss_or_duplicates(ray_local, good_video, tmp
         pq.read_table(root / "shards" / "sekai-real" / "index.parquet").column("key").to_pylist()
     )
     assert sorted(index) == ids
-    assert verify_dataset(root / "shards" / "sekai-real", decode="all")["ok"]
+    assert verify_dataset(root / "shards" / "sekai-real", decode="full")["ok"]

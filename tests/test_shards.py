@@ -21,6 +21,7 @@ import curation.shards as shards_module
 from curation.shards import (
     ShardError,
     ShardWriter,
+    check_video,
     indexed_shards,
     iter_shard,
     read_index,
@@ -333,6 +334,17 @@ def test_verify_detects_missing_member_truncation_and_orphans(built, mp4):
     (shards / "real-000009.tar").write_bytes(src.read_bytes())
     report = verify_dataset(shards)
     assert any("in the shard but not in the index" in e for e in report["errors"])
+
+
+def test_verify_rejects_an_unknown_decode_mode(built, mp4):
+    root, shards, _ = built
+    with pytest.raises(ValueError, match=r"ends\|full\|none.*'all'"):
+        verify_dataset(shards, decode="all")
+    with pytest.raises(ValueError, match=r"ends\|full\|none"):
+        check_video(mp4, make_meta("x"), decode="all")
+    result = CliRunner().invoke(app, ["shards", "verify", str(root), "--decode", "all"])
+    assert result.exit_code == 2 and "ends|full|none" in result.output
+    assert not (root / "reports" / "shards_verify.json").exists()
 
 
 def test_verify_detects_frame_count_mismatch(tmp_path, mp4):
