@@ -225,3 +225,24 @@ def test_ema_follows_fsdp_sharding_and_round_trips_through_full_state(tmp_path) 
             assert torch.equal(distributed.full_tensor(fresh.shadow[n]), full[n]), n
     finally:
         dist.destroy_process_group()
+
+
+def test_keep_nearest_passes_the_frame_at_its_true_distance(tmp_path) -> None:
+    """Validation I2V keeps one history frame: it must be the nearest one, labelled distance 1."""
+    from model.vae import VideoVAE
+
+    cfg = tiny_cfg(tmp_path)
+    text = TextEncoder.tiny(event_len=cfg.event_len, action_len=cfg.action_len)
+    cond = Conditioner(cfg, VideoVAE.tiny(), text, ActionEmbeddingCache.build(text))
+    lat = cond.to_latent_samples(SAMPLES[1:4:2])
+    batch = next(
+        b
+        for s in range(20)
+        if (b := cond.batch(lat, "i2v", np.random.default_rng(s))).history.shape[2] == 2
+    )
+    one = batch.keep_nearest(1)
+    assert one.history_frame_ids.tolist() == [1]
+    # distance 1 = the latent frame just before the prediction block
+    hl = lat[0]["history_latent_frames"]
+    assert torch.equal(one.history[0], lat[0]["latents"][:, hl - 1 : hl])
+    assert not torch.equal(one.history[0], lat[0]["latents"][:, hl - 2 : hl - 1])

@@ -12,6 +12,7 @@ from one numpy generator whose state is checkpointed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -417,6 +418,14 @@ class Batch:
     history_frame_ids: torch.Tensor | None
     text: torch.Tensor
     tiny_random: bool
+
+    def keep_nearest(self, n: int) -> Batch:
+        """The batch with only its ``n`` history frames nearest the prediction, ids kept true."""
+        if self.history is None:
+            return self
+        return dataclasses.replace(
+            self, history=self.history[:, :, -n:], history_frame_ids=self.history_frame_ids[-n:]
+        )
 
     def to(self, device: torch.device | str) -> Batch:
         def mv(t: torch.Tensor | None) -> torch.Tensor | None:

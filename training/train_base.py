@@ -213,18 +213,15 @@ class Trainer:
     # ---- validation ----------------------------------------------------------------------
 
     def _validation_batch(self, streams: dict[tuple[str, str], Stream]) -> Batch | None:
-        """A fixed batch of one sample, I2V from the first frame when there is I2V data."""
+        """A fixed batch of one sample, I2V from one frame when there is I2V data."""
         if not self.cfg.val_every or not streams:
             return None
         (dataset, task) = next((k for k in sorted(streams) if k[1] == "i2v"), sorted(streams)[0])
         sample = Stream(streams[(dataset, task)].factory, seed=10_007 + self.cfg.seed).next()
         samples = self.cond.to_latent_samples([sample])
         batch = self.cond.batch(samples, task, np.random.default_rng(0))
-        if batch.history is not None:  # first frame only
-            batch.history, batch.history_frame_ids = (
-                batch.history[:, :, :1],
-                batch.history_frame_ids[-1:],
-            )
+        if batch.history is not None:
+            batch = batch.keep_nearest(1)  # I2V from one image: the frame just before
         return batch.to(self.ctx.device)
 
     def _validating(self) -> bool:
