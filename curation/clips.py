@@ -28,7 +28,7 @@ import numpy as np
 
 from curation.manifest import atomic_write_bytes, config_hash
 from curation.provenance import code_version
-from curation.video import VideoError, probe, transcode
+from curation.video import SourceVideo, VideoError, transcode
 from schemas.actions import CSV_COLUMNS, KEYS, MOUSE
 from schemas.common import SchemaError
 from schemas.sample import SAMPLE_SCHEMA_VERSION, SOURCES, validate_sample
@@ -230,38 +230,37 @@ class ClipStage:
     def _make_sample(self, clip: dict, segments: list[dict], key: str) -> dict:
         cfg = self.config
         path = self.video_path(clip)
-        info = probe(path)
+        src = SourceVideo(path, threads=cfg.threads)  # opened once: checked, then transcoded
         n_traj = int(clip["num_frames"])
-        if abs(info.num_frames - n_traj) > cfg.frame_tolerance:
-            longer = "longer" if n_traj > info.num_frames else "shorter"
+        if abs(src.num_frames - n_traj) > cfg.frame_tolerance:
+            longer = "longer" if n_traj > src.num_frames else "shorter"
             raise ClipReject(
                 f"trajectory_{longer}_than_video",
-                f"trajectory has {n_traj} frames, video {info.num_frames} (tolerance {cfg.frame_tolerance})",
+                f"trajectory has {n_traj} frames, video {src.num_frames} (tolerance {cfg.frame_tolerance})",
             )
-        if abs(info.fps - float(clip["fps"])) > 0.01 * float(clip["fps"]):
+        if abs(src.fps - float(clip["fps"])) > 0.01 * float(clip["fps"]):
             raise ClipReject(
-                "fps_mismatch", f"video at {info.fps:.3f} fps, trajectory at {clip['fps']} fps"
+                "fps_mismatch", f"video at {src.fps:.3f} fps, trajectory at {clip['fps']} fps"
             )
-        used = min(n_traj, info.num_frames)
+        used = min(n_traj, src.num_frames)
         for seg in segments:
             if seg["end_frame"] > used - 1 + cfg.frame_tolerance or seg["start_frame"] > used - 1:
-                where = "video" if seg["end_frame"] > info.num_frames - 1 else "trajectory"
+                where = "video" if seg["end_frame"] > src.num_frames - 1 else "trajectory"
                 raise ClipReject(
                     f"segment_beyond_{where}",
                     f"segment {seg['segment_index']} ends at frame {seg['end_frame']}, "
-                    f"the {where} has {info.num_frames if where == 'video' else n_traj} frames",
+                    f"the {where} has {src.num_frames if where == 'video' else n_traj} frames",
                 )
         clipped = [{**s, "end_frame": min(s["end_frame"], used - 1)} for s in segments]
         stride = int(clip.get("stride") or 1)
         video = transcode(
-            path,
+            src,
             out_fps=cfg.fps,
             size=(cfg.height, cfg.width),
             crf=cfg.crf,
             preset=cfg.preset,
             threads=cfg.threads,
             max_source_frames=used,
-            info=info,
         )
         idx = video.source_indices
         segs = retime_segments(clipped, idx)
@@ -276,7 +275,7 @@ class ClipStage:
             "width": video.width,
             "height": video.height,
             "source_video": path.name,
-            "source_fps": info.fps,
+            "source_fps": src.fps,
             "source_frame_range": [int(idx[0]), int(idx[-1])],
             "keys": retime_tokens(clip["keys"], KEYS, idx, stride),
             "mouse": retime_tokens(clip["mouse"], MOUSE, idx, stride),

@@ -172,14 +172,6 @@ def parse_resolution(text: str) -> tuple[int, int]:
 # ---- probing and decoding -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class VideoInfo:
-    num_frames: int
-    fps: float
-    width: int
-    height: int
-
-
 def _looks_like_video(path: Path) -> bool:
     """A container signature (mp4/mov ``ftyp``, Matroska/WebM) at the start of the file."""
     with open(path, "rb") as f:
@@ -204,15 +196,22 @@ def _open(path: Path, width: int = -1, height: int = -1, threads: int = 0):
         raise VideoError(reason, f"cannot open {path.name}: {str(e).splitlines()[0]}") from e
 
 
-def probe(path: str | Path) -> VideoInfo:
-    """Frame count, fps and size of a video, or a ``VideoError`` saying why not."""
-    path = Path(path)
-    vr = _open(path)
-    n, fps = len(vr), float(vr.get_avg_fps())
-    if n <= 0 or not np.isfinite(fps) or fps <= 0:
-        raise VideoError("not_a_video", f"{path.name}: {n} frames at {fps} fps")
-    h, w = vr[0].shape[:2] if n else (0, 0)
-    return VideoInfo(num_frames=n, fps=fps, width=int(w), height=int(h))
+class SourceVideo:
+    """A source video opened once, for checking and then decoding it.
+
+    The frame count and fps come from the container, with nothing decoded; ``transcode``
+    then decodes it front to back with the same reader, so each source is opened once and
+    decoded once. One transcode per SourceVideo: the reader is consumed.
+    """
+
+    def __init__(self, path: str | Path, threads: int = 0) -> None:
+        self.path = Path(path)
+        self.reader = _open(self.path, threads=threads)
+        self.num_frames, self.fps = len(self.reader), float(self.reader.get_avg_fps())
+        if self.num_frames <= 0 or not np.isfinite(self.fps) or self.fps <= 0:
+            raise VideoError(
+                "not_a_video", f"{self.path.name}: {self.num_frames} frames at {self.fps} fps"
+            )
 
 
 # ---- transcoding --------------------------------------------------------------------------
@@ -228,7 +227,6 @@ class Transcoded:
     width: int
     height: int
     source_indices: np.ndarray  # source frame of each output frame (see resample_indices)
-    source: VideoInfo
 
 
 def _decode_chunks(vr, indices: np.ndarray, chunk: int, name: str) -> Iterator[list[np.ndarray]]:
@@ -271,7 +269,7 @@ def _prefetch(items: Iterator[T]) -> Iterator[T]:
 
 
 def transcode(
-    path: str | Path,
+    source: str | Path | SourceVideo,
     out_fps: float = 16.0,
     size: tuple[int, int] = (544, 960),
     crf: int = 23,
@@ -279,33 +277,30 @@ def transcode(
     threads: int = 0,
     max_source_frames: int | None = None,
     chunk: int = 16,
-    info: VideoInfo | None = None,
 ) -> Transcoded:
     """Re-time, resize + centre-crop to ``size`` = (height, width), and encode to H.264.
 
     The source is decoded once, front to back, ``chunk`` output frames at a time (at most
     two chunks in memory); decoding and resizing overlap with encoding in threads. Only the
     first ``max_source_frames`` source frames are used when given. ``threads`` is the
-    decoder's and the encoder's thread count (0: automatic). Raises ``VideoError`` for
-    unusable input.
+    decoder's and the encoder's thread count (0: automatic; a given SourceVideo keeps the
+    decoder threads it was opened with). Raises ``VideoError`` for unusable input.
     """
-    path = Path(path)
     out_h, out_w = size
     if out_h % 2 or out_w % 2:
         raise ValueError(f"yuv420p needs an even size, got {out_h}x{out_w}")
-    info = info or probe(path)
-    n = info.num_frames if max_source_frames is None else min(info.num_frames, max_source_frames)
-    indices = resample_indices(n, info.fps, out_fps)
+    src = source if isinstance(source, SourceVideo) else SourceVideo(source, threads)
+    n = src.num_frames if max_source_frames is None else min(src.num_frames, max_source_frames)
+    indices = resample_indices(n, src.fps, out_fps)
     if indices.size == 0:
-        raise VideoError("not_a_video", f"{path.name}: no frames to use")
-    vr = _open(path, threads=threads)
+        raise VideoError("not_a_video", f"{src.path.name}: no frames to use")
 
     def convert(frames: list[np.ndarray]) -> np.ndarray:  # RGB -> (T, H*3/2, W) I420
         return np.stack([to_i420(resize_crop(f, out_h, out_w)) for f in frames])
 
     # Two overlapped stages: decode + resize + colour conversion | encode. (A third thread
     # for resizing measured slower on a busy 2-core machine.)
-    chunks = _prefetch(map(convert, _decode_chunks(vr, indices, chunk, path.name)))
+    chunks = _prefetch(map(convert, _decode_chunks(src.reader, indices, chunk, src.path.name)))
     buf = io.BytesIO()
     with H264Writer(buf, out_fps, out_w, out_h, crf=crf, preset=preset, threads=threads) as out:
         for frames in chunks:
@@ -317,5 +312,4 @@ def transcode(
         width=out_w,
         height=out_h,
         source_indices=indices,
-        source=info,
     )

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 from typer.testing import CliRunner
 
+import curation.video as video_module
 from curation.clips import (
     ClipsConfig,
     ClipStage,
@@ -148,7 +149,33 @@ def test_retime_tokens_and_segments():
 # ---- the stage, directly ----------------------------------------------------------------
 
 
-def test_stage_round_trip_matches_the_known_motion(good_video, tmp_path):
+class CountingReader:
+    """A decord reader that counts opens and decoded frames (no random access offered)."""
+
+    opened: list[CountingReader] = []
+
+    def __init__(self, vr) -> None:
+        self.vr, self.decoded = vr, 0
+        CountingReader.opened.append(self)
+
+    def __len__(self) -> int:
+        return len(self.vr)
+
+    def get_avg_fps(self) -> float:
+        return self.vr.get_avg_fps()
+
+    def skip_frames(self, n: int) -> None:
+        self.vr.skip_frames(n)
+
+    def next(self):
+        self.decoded += 1
+        return self.vr.next()
+
+
+def test_stage_round_trip_matches_the_known_motion(good_video, tmp_path, monkeypatch):
+    real_open = video_module._open
+    monkeypatch.setattr(video_module, "_open", lambda *a, **k: CountingReader(real_open(*a, **k)))
+    CountingReader.opened.clear()
     stage = ClipStage(config(good_video.parent, tmp_path))
     stage.setup()
     task = {
@@ -157,6 +184,8 @@ def test_stage_round_trip_matches_the_known_motion(good_video, tmp_path):
     }
     result = stage.process({"task": [json.dumps(task)]})
     assert result["status"] == ["done"], result
+    # The source is opened once and each frame it uses decoded once (160 distinct of 300).
+    assert [r.decoded for r in CountingReader.opened] == [160]
     staged = tmp_path / "clips" / "sekai-real"
     meta = json.loads((staged / "walk_then_turn.json").read_text())
     validate_sample(meta)

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from curation.render import iter_render_frames, render_clip
 from curation.video import (
     H264Writer,
+    SourceVideo,
     VideoError,
     crop_box,
     parse_resolution,
-    probe,
     resample_indices,
     resize_crop,
     transcode,
@@ -99,7 +99,7 @@ def test_transcode_retimes_resizes_and_keeps_content(source):
 def test_transcode_limits_source_frames_and_upsamples(source):
     out = transcode(source, out_fps=60.0, size=(64, 64), max_source_frames=10)
     assert out.source_indices.tolist() == [0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9]
-    assert out.frames == 19 and probe(source).num_frames == 60
+    assert out.frames == 19 and SourceVideo(source).num_frames == 60
 
 
 @pytest.mark.parametrize(
