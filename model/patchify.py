@@ -95,8 +95,8 @@ def history_patch_sizes(
 ) -> list[Patch]:
     """Patch size per history frame by distance: id <= bounds[i] -> sizes[i], else sizes[-1].
 
-    The frame with the largest id (the oldest one passed: the video's first frame, which
-    ``select_history`` always keeps) uses ``first_frame_size`` when given.
+    ``first_frame_size`` (None: no special rate) goes to the frame with the largest id, the
+    oldest one passed; give it only when that frame is the video's first frame.
     """
     if len(sizes) != len(bounds) + 1:
         raise ValueError("history_patch_sizes needs exactly one more entry than the bounds")

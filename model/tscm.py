@@ -375,7 +375,7 @@ class TSCMTransformer(WanTransformer3DModel):
         return cls(**transformer_config(name))
 
     def _temporal_spatial_tokens(
-        self, history: torch.Tensor, frame_ids: torch.Tensor
+        self, history: torch.Tensor, frame_ids: torch.Tensor, oldest_is_first_frame: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """history (B, C, Fh, H, W) -> tokens (B, Nh, D) at the distance schedule, positions (Nh, 3)."""
         cfg = self.config
@@ -383,7 +383,7 @@ class TSCMTransformer(WanTransformer3DModel):
             frame_ids.tolist(),
             cfg.history_patch_bounds,
             cfg.history_patch_sizes,
-            cfg.first_frame_patch_size,
+            cfg.first_frame_patch_size if oldest_is_first_frame else None,
         )
         return multirate_patchify(
             history,
@@ -436,6 +436,7 @@ class TSCMTransformer(WanTransformer3DModel):
         history_frame_ids: torch.Tensor | None = None,
         return_dict: bool = False,
         history_keep: torch.Tensor | None = None,
+        history_includes_first_frame: bool = True,
     ) -> tuple[torch.Tensor] | Transformer2DModelOutput:
         """Velocity for the prediction block.
 
@@ -445,7 +446,9 @@ class TSCMTransformer(WanTransformer3DModel):
         each history frame from the prediction block (1 = just before, largest = oldest).
         history_keep: optional indices into the Fh frames for the attention (temporal-spatial)
         path, e.g. ``select_history`` on the full history; the channel path always sees all
-        passed frames. Returns (velocity (B, C, Fp, H, W),) or an output object.
+        passed frames. history_includes_first_frame: the oldest passed frame (index 0) is the
+        video's first frame, which gets ``first_frame_patch_size``; False when the history
+        starts later in the video. Returns (velocity (B, C, Fp, H, W),) or an output object.
         """
         batch, _, num_frames, height, width = hidden_states.shape
         p_t, p_h, p_w = self.config.patch_size
@@ -463,11 +466,13 @@ class TSCMTransformer(WanTransformer3DModel):
         if history is not None:
             history_frame_ids = self._check_history(history, history_frame_ids, hidden_states)
             attn_history, attn_ids = history, history_frame_ids
+            first = history_includes_first_frame
             if history_keep is not None:
                 attn_history = history[:, :, history_keep.to(history.device)]
                 attn_ids = history_frame_ids[history_keep.cpu()]
+                first = first and int(attn_ids.max()) == int(history_frame_ids.max())
             hist_tokens, pos_hist = self._temporal_spatial_tokens(
-                attn_history, attn_ids
+                attn_history, attn_ids, first
             )  # (B, Nh, D), (Nh, 3)
             num_history = hist_tokens.shape[1]
             x = torch.cat([hist_tokens.to(x.dtype), x], dim=1)  # (B, Nh + Np, D)

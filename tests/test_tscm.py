@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from diffusers import WanTransformer3DModel
@@ -124,10 +126,13 @@ def test_history_token_counts_follow_the_schedule(models):
     tscm, _ = models
     history = torch.randn(1, 48, 5, 16, 16)
     ids = torch.tensor([20, 7, 3, 2, 1])
-    tokens, pos = tscm._temporal_spatial_tokens(history, ids)
+    tokens, pos = tscm._temporal_spatial_tokens(history, ids, True)
     # id 20 is the oldest (first frame): (1,2,2) -> 64; 7: (1,8,8) -> 4; 3: (1,4,4) -> 16; 2, 1: 64
     assert tokens.shape == (1, 64 * 3 + 4 + 16, 64)
     assert pos[:, 0].max() == -1 and pos[:, 0].min() == -20
+    # when the oldest passed frame is not the video's first, it gets its band's rate (1,8,8)
+    later, _ = tscm._temporal_spatial_tokens(history, ids, False)
+    assert later.shape == (1, 64 * 2 + 4 + 4 + 16, 64)
     z, zpos = tscm._channel_tokens(history, ids, 1, "cpu")
     # 5 frames -> one group of 8 (padded), (4,4) spatial -> 4x4 tokens of 32 channels
     assert z.shape == (1, 16, 32)
@@ -138,10 +143,42 @@ def test_history_keep_limits_attention_tokens_but_not_channel_path(models):
     tscm, _ = models
     x, t, text, history, ids = _inputs(batch=1, hist=10)
     keep = torch.tensor([0, 8, 9])
+    dropped = history.clone()
+    dropped[:, :, 4] += 3.0  # a frame history_keep leaves out of the attention
+
+    def run(model, hist, **kw):
+        with torch.no_grad():
+            return model(x, t, text, history=hist, history_frame_ids=ids, **kw)[0]
+
+    def run_kept(model):
+        with torch.no_grad():
+            return model(x, t, text, history=history[:, :, keep], history_frame_ids=ids[keep])[0]
+
+    # fusion at its zero init: only attention counts, and it sees only the kept frames
+    a = run(tscm, history, history_keep=keep)
+    torch.testing.assert_close(a, run_kept(tscm))
+    torch.testing.assert_close(a, run(tscm, dropped, history_keep=keep))
+    # random fusion output: the channel path sees every passed frame, dropped ones included
+    fused = copy.deepcopy(tscm)
+    torch.manual_seed(1)
+    for block in fused.blocks:
+        torch.nn.init.normal_(block.channel_fusion.up.weight, std=0.5)
+    a = run(fused, history, history_keep=keep)
+    assert not torch.allclose(a, run_kept(fused), atol=1e-4)
+    assert not torch.allclose(a, run(fused, dropped, history_keep=keep), atol=1e-4)
+
+
+def test_first_frame_rate_only_when_the_history_starts_at_the_video_start(models):
+    tscm, _ = models
+    x, t, text, history, ids = _inputs(batch=1, hist=4)
     with torch.no_grad():
-        a = tscm(x, t, text, history=history, history_frame_ids=ids, history_keep=keep)[0]
-        b = tscm(x, t, text, history=history[:, :, keep], history_frame_ids=ids[keep])[0]
-    torch.testing.assert_close(a, b)  # the fusion branch is zero at init, so only attention counts
+        first = tscm(x, t, text, history=history, history_frame_ids=ids)[0]
+        later = tscm(
+            x, t, text, history=history, history_frame_ids=ids, history_includes_first_frame=False
+        )[0]
+        same = tscm(x, t, text, history, ids, history_includes_first_frame=True)[0]
+    assert torch.equal(first, same)  # default: the oldest passed frame is the first frame
+    assert not torch.allclose(first, later, atol=1e-5)
 
 
 def test_gradients_reach_every_parameter_and_checkpointing_matches():
