@@ -265,6 +265,8 @@ class ClipStage:
         idx = video.source_indices
         segs = retime_segments(clipped, idx)
         caption = clip.get("caption") or None
+        csv_meta = _csv_meta(clip)
+        generator = csv_meta.get("generator") or None  # demo releases name their renderer
         meta = {
             "schema_version": SAMPLE_SCHEMA_VERSION,
             "key": key,
@@ -283,7 +285,7 @@ class ClipStage:
             "captions": {"scene": caption, "event": None, "action": None},
             "scores": {},
             "screening": None,
-            "meta": _csv_meta(clip),
+            "meta": csv_meta,
             "provenance": {
                 "stage": STAGE,
                 "code_version": self.code_version,
@@ -291,6 +293,8 @@ class ClipStage:
                 "actions_config_hash": clip.get("config_hash"),
                 "backend": None,
                 "tiny_random": False,
+                "generated": generator is not None,
+                "generator": generator,
             },
         }
         validate_sample(meta)
@@ -316,6 +320,7 @@ RESULT_FIELDS = (
     "segments",
     "path",
     "bytes",
+    "generator",
 )
 
 
@@ -333,6 +338,7 @@ def manifest_row(meta: dict, config: ClipsConfig) -> dict:
         "segments": len(meta["segments"]),
         "path": str(mp4.relative_to(config.root)),
         "bytes": mp4.stat().st_size,
+        "generator": meta["provenance"].get("generator"),
     }
 
 

@@ -174,6 +174,7 @@ def write_sample_release(
                 "weather": _WEATHER[c % len(_WEATHER)],
                 "timeOfDay": _TIME[c % len(_TIME)],
                 "sampleSeed": str(seed),
+                "generator": "yume-data sample-sekai (procedural render)",
             }
         )
         truth.append(

@@ -40,6 +40,7 @@ from schemas.common import SchemaError
 from schemas.sample import (
     REQUIRED_MEMBERS,
     SHARD_INDEX_SCHEMA,
+    is_generated,
     validate_key,
     validate_member_name,
     validate_sample,
@@ -144,7 +145,7 @@ def summarize_metas(metas: Iterable[dict]) -> dict:
     ``actions`` counts frames per "keys|mouse" label; samples without actions add nothing.
     """
     fps, res, src, tasks, actions = Counter(), Counter(), Counter(), Counter(), Counter()
-    count = frames = tiny = 0
+    count = frames = tiny = generated = 0
     duration = 0.0
     for m in metas:
         count += 1
@@ -155,6 +156,7 @@ def summarize_metas(metas: Iterable[dict]) -> dict:
         src[m["source"]] += 1
         tasks.update(m["tasks"])
         tiny += bool(m["provenance"]["tiny_random"])
+        generated += is_generated(m)
         actions.update(f"{k}|{ms}" for k, ms in zip(m["keys"], m["mouse"], strict=True))
     return {
         "count": count,
@@ -165,13 +167,20 @@ def summarize_metas(metas: Iterable[dict]) -> dict:
         "source_counts": dict(sorted(src.items())),
         "task_counts": dict(sorted(tasks.items())),
         "tiny_random_count": tiny,
+        "generated_count": generated,
         "action_frame_counts": dict(sorted(actions.items())),
     }
 
 
 def merge_summaries(parts: Iterable[dict]) -> dict:
     """Add up summarize_metas results (per-shard stats) into one."""
-    total: dict = {"count": 0, "frames": 0, "duration_s": 0.0, "tiny_random_count": 0}
+    total: dict = {
+        "count": 0,
+        "frames": 0,
+        "duration_s": 0.0,
+        "tiny_random_count": 0,
+        "generated_count": 0,
+    }
     counters: dict[str, Counter] = {}
     for p in parts:
         for k in total:
@@ -708,7 +717,7 @@ def shard_summary(path: str | Path) -> dict:
     stats_path = path.with_name(stats_name(path.name))
     if stats_path.exists():
         stats = json.loads(stats_path.read_text())
-        if "action_frame_counts" in stats:
+        if "generated_count" in stats:  # else written by an older version: recount
             return stats
     return summarize_metas(json.loads(m["json"]) for _, m in iter_shard(path, exts=("json",)))
 

@@ -222,6 +222,8 @@ def clips(
         f"{summary['skipped_existing']} already done, {summary['rejected']} rejected "
         f"{summary['rejects_by_reason'] or ''}; report: {root / 'reports' / 'clips.json'}"
     )
+    for generator, n in summary["generated"].items():
+        typer.echo(f"clips: {n} samples are generated videos, not real footage ({generator})")
     if summary["rejected"]:
         raise typer.Exit(3)
 

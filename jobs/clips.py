@@ -162,6 +162,8 @@ def run(job: ClipsJob) -> dict:
         "output_hours": round(frames / cfg.fps / 3600, 4),
         "output_bytes": sum(r["bytes"] for r in accepted),
         "segments": sum(r["segments"] for r in accepted),
+        # demo renders and other generated videos: never to be mistaken for real footage
+        "generated": dict(Counter(r["generator"] for r in accepted if r["generator"])),
         "shards": shards,
         "wall_s": round(time.perf_counter() - t0, 2),
         "config": asdict(cfg),

@@ -125,8 +125,9 @@ def _plot(stats: dict, path: Path) -> None:
         ax.bar(list(counts), list(counts.values()))
         ax.set_title(title)
         ax.tick_params(axis="x", rotation=30)
-    tiny = total["tiny_random_count"]
+    tiny, generated = total["tiny_random_count"], total["generated_count"]
     note = f" - {tiny} tiny-random samples (not real data)" if tiny else ""
+    note += f" - {generated} generated videos (not real footage)" if generated else ""
     fig.suptitle(f"{total['count']} samples, {total['hours']:.2f} h{note}")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,14 +147,24 @@ def run_stats(root: str | Path) -> dict:
     atomic_write_json(reports / "shards_stats.json", stats)
     _plot(stats, reports / "shards_stats.png")
     rows = [
-        [d["dataset"], d["shards"], d["count"], f"{d['hours']:.3f}", d["tiny_random_count"]]
+        [
+            d["dataset"],
+            d["shards"],
+            d["count"],
+            f"{d['hours']:.3f}",
+            d["tiny_random_count"],
+            d["generated_count"],
+        ]
         for d in datasets
     ]
-    print(_table(rows, ["dataset", "shards", "samples", "hours", "tiny_random"]))
+    print(_table(rows, ["dataset", "shards", "samples", "hours", "tiny_random", "generated"]))
     print(f"fps: {total.get('fps_counts', {})}")
     print(f"resolution: {total.get('resolution_counts', {})}")
     print(f"sources: {total.get('source_counts', {})}")
     print(f"tiny-random samples: {total['tiny_random_count']} of {total['count']}")
+    print(
+        f"generated (rendered, not filmed) samples: {total['generated_count']} of {total['count']}"
+    )
     print(f"report: {reports / 'shards_stats.json'} and shards_stats.png")
     return stats
 

@@ -22,5 +22,6 @@ CLIP_SAMPLES_SCHEMA = pa.schema(
         pa.field("segments", pa.int32(), nullable=False),  # segments kept after re-timing
         pa.field("path", pa.string(), nullable=False),  # staged mp4, relative to the root
         pa.field("bytes", pa.int64(), nullable=False),  # mp4 size
+        pa.field("generator", pa.string()),  # program that made the video; null if filmed
     ]
 )

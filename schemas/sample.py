@@ -140,6 +140,10 @@ SAMPLE_JSON_SCHEMA: dict = {
                 "config_hash": {"type": "string"},
                 "backend": _nullable_str,
                 "tiny_random": {"type": "boolean"},
+                # Optional (still version 1; absent reads as real footage): the clip is
+                # made by a program, not filmed, and which program made it.
+                "generated": {"type": "boolean"},
+                "generator": _nullable_str,
             },
         },
     },
@@ -168,6 +172,11 @@ SHARD_INDEX_SCHEMA = pa.schema(
         pa.field("tiny_random", pa.bool_(), nullable=False),
     ]
 )
+
+
+def is_generated(meta: dict) -> bool:
+    """Whether a sample's video was made by a program (demo renders), not filmed."""
+    return bool(meta["provenance"].get("generated", False))
 
 
 def validate_key(key: str) -> None:

@@ -201,6 +201,7 @@ def test_stage_round_trip_matches_the_known_motion(good_video, tmp_path, monkeyp
     ]
     assert meta["captions"]["scene"].startswith("A walk") and meta["meta"]["sampleSeed"] == "1"
     assert (staged / "walk_then_turn.txt").read_text() == meta["captions"]["scene"]
+    assert meta["provenance"]["generated"] is False and meta["provenance"]["generator"] is None
     vr = decord.VideoReader(str(staged / "walk_then_turn.mp4"))
     assert len(vr) == 160 and vr[0].shape == (72, 128, 3)
     # The video moves where the tokens say it does: forward frames change, and during the
@@ -208,6 +209,8 @@ def test_stage_round_trip_matches_the_known_motion(good_video, tmp_path, monkeyp
     frames = vr.get_batch([0, 79, 159]).asnumpy().astype(float)
     assert np.abs(frames[0] - frames[1]).mean() > 2 and np.abs(frames[1] - frames[2]).mean() > 5
 
+
+GENERATOR = "yume-data sample-sekai (procedural render)"
 
 # ---- the job on Ray ---------------------------------------------------------------------
 
@@ -334,6 +337,9 @@ def test_end_to_end_sample_release_actions_clips_shards(ray_local, tmp_path):
             ]
         )
         assert meta["frames"] == len(idx) and agree > 0.95
+        assert meta["provenance"]["generated"] is True
+        assert meta["provenance"]["generator"] == GENERATOR == meta["meta"]["generator"]
+    assert summary["generated"] == {GENERATOR: 2}
 
 
 @pytest.mark.slow

@@ -417,14 +417,23 @@ def test_sigkill_and_rerun_loses_and_duplicates_nothing(tmp_path, mp4):
     assert report["ok"], report["errors"]
 
 
-def test_stats_cli(built):
+def test_stats_cli(built, mp4):
     root, _, _ = built
+    rendered = make_sample("rendered", mp4=mp4)
+    meta = json.loads(rendered["json"])
+    meta["provenance"].update(generated=True, generator="a test renderer")
+    rendered["json"] = json.dumps(meta).encode()
+    write_shards([("rendered", rendered)], root / "shards" / "demo", "demo")
     result = CliRunner().invoke(app, ["shards", "stats", str(root)])
     assert result.exit_code == 0, result.output
     stats = json.loads((root / "reports" / "shards_stats.json").read_text())
-    assert stats["total"]["count"] == 7 and stats["total"]["tiny_random_count"] == 7
-    assert stats["total"]["action_frame_counts"]["W|·"] == 7  # frame 1 of each clip
-    assert stats["total"]["hours"] == pytest.approx(7 * 12 / 16 / 3600, abs=1e-6)
+    assert stats["total"]["count"] == 8 and stats["total"]["tiny_random_count"] == 8
+    assert stats["total"]["generated_count"] == 1
+    by_name = {d["dataset"]: d for d in stats["datasets"]}
+    assert by_name["demo"]["generated_count"] == 1 and by_name["real"]["generated_count"] == 0
+    assert "generated (rendered, not filmed) samples: 1 of 8" in result.output
+    assert stats["total"]["action_frame_counts"]["W|·"] == 8  # frame 1 of each clip
+    assert stats["total"]["hours"] == pytest.approx(8 * 12 / 16 / 3600, abs=1e-6)
     assert (root / "reports" / "shards_stats.png").stat().st_size > 1000
     assert "tiny-random" in result.output
 
