@@ -24,9 +24,10 @@ import typer
 
 from curation.manifest import atomic_write_json, rejects_table, write_table
 from curation.provenance import provenance
-from curation.shards import iter_shard
+from curation.shards import indexed_shards, iter_shard
 from schemas.common import REJECTS_SCHEMA
 from training.config import TrainConfig
+from training.data import latent_config, latent_config_hash, mixture_datasets
 
 STAGE = "encode_latents"
 
@@ -115,9 +116,16 @@ class EncodeShardStage:
             "text_encoder": self.text.model_id,
             "source_shard": Path(shard).name,
             "size": [self.cfg.height, self.cfg.width],
+            "config_hash": latent_config_hash(self.cfg),
         }
         rows = write_latent_shard(out, samples, extra)
-        sidecar = {"shard": Path(out).name, "rows": rows, "rejects": rejects}
+        sidecar = {
+            "shard": Path(out).name,
+            "config_hash": latent_config_hash(self.cfg),
+            "config": latent_config(self.cfg),
+            "rows": rows,
+            "rejects": rejects,
+        }
         atomic_write_json(Path(out).with_suffix(".json"), sidecar)
         return sidecar
 
@@ -144,13 +152,20 @@ def run(
 
     root = Path(cfg.data_root)
     out_root_p = Path(out_root) if out_root else root / "latents"
+    want = latent_config_hash(cfg)
     todo, total = [], 0
-    for dataset in sorted(cfg.datasets):
-        for tar in sorted((root / "shards" / dataset).glob("*.tar")):
+    for dataset in mixture_datasets(cfg.datasets):
+        for tar in map(Path, indexed_shards(root / "shards" / dataset)):
             total += 1
             out = out_root_p / dataset / tar.name
-            if not out.with_suffix(".json").exists():
+            sidecar = out.with_suffix(".json")
+            if not sidecar.exists():
                 todo.append({"dataset": dataset, "shard": str(tar), "out": str(out)})
+            elif (old := json.loads(sidecar.read_text()).get("config_hash")) != want:
+                raise ValueError(
+                    f"{sidecar} was encoded with another config (hash {old}, now {want}: "
+                    f"{latent_config(cfg)}); encode into another --out or delete {out.parent}"
+                )
     if todo:
         init_ray(address)
         ds = ray.data.from_items(todo).map_batches(
@@ -170,7 +185,7 @@ def finalize(cfg: TrainConfig, out_root: Path, *, shards_total: int, encoded_now
     prov = provenance(STAGE, {"train_config": cfg.to_dict()})
     summary = {"stage": STAGE, "shards": shards_total, "encoded_now": encoded_now, "datasets": {}}
     all_rejects = []
-    for dataset in sorted(cfg.datasets):
+    for dataset in mixture_datasets(cfg.datasets):
         sidecars = [json.loads(p.read_text()) for p in sorted((out_root / dataset).glob("*.json"))]
         rows = [r for s in sidecars for r in s["rows"]]
         rejects = [r for s in sidecars for r in s["rejects"]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pyarrow.parquet as pq
@@ -45,11 +46,19 @@ def data_root(tmp_path_factory):
     short = make_mp4(4, width=128, height=64)
     samples.append(("short", make_sample("short", 4, mp4=short, width=128, height=64)))
     write_shards(samples, root / "shards" / "sekai-real", "sekai-real", max_samples=2)
+    i2v_only = []
+    for i in range(2):
+        members = make_sample(f"ev_{i}", FRAMES, mp4=mp4, width=128, height=64, source="event")
+        meta = json.loads(members["json"]) | {"tasks": ["i2v"]}
+        i2v_only.append((f"ev_{i}", members | {"json": json.dumps(meta).encode()}))
+    write_shards(i2v_only, root / "shards" / "event", "event", max_samples=2)
+    shorts = [(f"s_{i}", make_sample(f"s_{i}", 4, mp4=short, width=128, height=64)) for i in (0, 1)]
+    write_shards(shorts, root / "shards" / "shorty", "shorty", max_samples=2)
     return root
 
 
 def test_stage_encodes_a_shard_and_training_reads_latent_shards(data_root, tmp_path) -> None:
-    cfg = preset("tiny", data_root=str(data_root))
+    cfg = preset("tiny", height=64, width=128, data_root=str(data_root))
     stage = EncodeShardStage(cfg.to_dict())
     shard = sorted((data_root / "shards" / "sekai-real").glob("*.tar"))[0]
     out = tmp_path / "latents" / "sekai-real" / shard.name
@@ -66,7 +75,7 @@ def test_stage_encodes_a_shard_and_training_reads_latent_shards(data_root, tmp_p
 
     # the fast path: train from latent shards (no VAE or T5 per step)
     run_cfg = preset(
-        "tiny", data_root=str(tmp_path), latents=True, steps=2, val_every=0, ckpt_every=2,
+        "tiny", height=64, width=128, data_root=str(tmp_path), latents=True, steps=2, val_every=0, ckpt_every=2,
         out_dir=str(tmp_path / "run"), batch_size=2,
     )  # fmt: skip
     summary = train(run_cfg)
@@ -76,7 +85,7 @@ def test_stage_encodes_a_shard_and_training_reads_latent_shards(data_root, tmp_p
 def test_training_reads_clip_shards_through_the_reader(data_root, tmp_path) -> None:
     """The slow-but-simple path: windows from the reader, encoded on the fly."""
     cfg = preset(
-        "tiny", data_root=str(data_root), steps=2, val_every=0, ckpt_every=2,
+        "tiny", height=64, width=128, data_root=str(data_root), steps=2, val_every=0, ckpt_every=2,
         out_dir=str(tmp_path / "run"), batch_size=1,
     )  # fmt: skip
     summary = train(cfg)
@@ -86,7 +95,7 @@ def test_training_reads_clip_shards_through_the_reader(data_root, tmp_path) -> N
 
 
 def test_encode_latents_job_on_ray_is_resumable(data_root, ray_local) -> None:
-    cfg = preset("tiny", data_root=str(data_root))
+    cfg = preset("tiny", height=64, width=128, data_root=str(data_root))
     summary = run(cfg)
     ds = summary["datasets"]["sekai-real"]
     assert summary["encoded_now"] == 2 and ds["samples"] == 6 and ds["rejected"] == 2
@@ -100,6 +109,12 @@ def test_encode_latents_job_on_ray_is_resumable(data_root, ray_local) -> None:
     }
     again = run(cfg)  # everything done: nothing re-encoded, same index
     assert again["encoded_now"] == 0 and again["datasets"]["sekai-real"]["samples"] == 6
+    # latents made with another size: the job refuses to resume, the trainer to start
+    other = preset("tiny", height=64, width=96, data_root=str(data_root))
+    with pytest.raises(ValueError, match="another config"):
+        run(other)
+    with pytest.raises(ValueError, match="another config"):
+        train(dataclasses.replace(other, latents=True, out_dir=str(data_root / "run-other")))
 
 
 @pytest.mark.slow
@@ -108,7 +123,7 @@ def test_ray_train_two_cpu_workers_ddp(data_root, tmp_path, ray_local) -> None:
     from training.distributed import run_ray
 
     cfg = preset(
-        "tiny", data_root=str(data_root), out_dir=str(tmp_path / "dist"), steps=2,
+        "tiny", height=64, width=128, data_root=str(data_root), out_dir=str(tmp_path / "dist"), steps=2,
         val_every=0, ckpt_every=2, workers=2,
     )  # fmt: skip
     run_ray(cfg)
@@ -116,3 +131,25 @@ def test_ray_train_two_cpu_workers_ddp(data_root, tmp_path, ray_local) -> None:
     assert [r["step"] for r in rows] == [1, 2]
     state = torch.load(tmp_path / "dist" / "checkpoints" / "step-000002.pt", weights_only=False)
     assert state["step"] == 2 and "blocks.0.attn1.to_q.weight" in state["model"]
+
+
+def test_streams_come_from_the_index_skip_missing_tasks_and_fail_fast(data_root, tmp_path) -> None:
+    """An i2v-only dataset in a t2v+i2v mixture trains (t2v from the other dataset); a dataset
+    whose clips are all shorter than any window is a clear error, not an endless search."""
+    from training.data import shard_streams
+
+    cfg = preset(
+        "tiny", height=64, width=128, data_root=str(data_root), steps=2, val_every=0,
+        ckpt_every=2, out_dir=str(tmp_path / "mix"), batch_size=1,
+        datasets={"sekai-real": 1.0, "event": 1.0},
+    )  # fmt: skip
+    assert sorted(shard_streams(cfg)) == [
+        ("event", "i2v"),
+        ("sekai-real", "i2v"),
+        ("sekai-real", "t2v"),
+    ]
+    summary = train(cfg)
+    assert summary["steps"] == 2
+    short = preset("tiny", height=64, width=128, data_root=str(data_root), datasets={"shorty": 1})
+    with pytest.raises(ValueError, match="no sample .* long enough"):
+        shard_streams(short)

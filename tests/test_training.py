@@ -63,7 +63,14 @@ def streams(seed: int = 0) -> dict[tuple[str, str], Stream]:
 
 
 def tiny_cfg(out, **kw):
-    base = dict(out_dir=str(out), datasets={"synthetic": 1.0}, val_every=0, ckpt_every=1000)
+    base = dict(
+        out_dir=str(out),
+        datasets={"synthetic": 1.0},
+        val_every=0,
+        ckpt_every=1000,
+        height=H,
+        width=W,
+    )
     return preset("tiny", **(base | kw))
 
 
@@ -246,3 +253,53 @@ def test_keep_nearest_passes_the_frame_at_its_true_distance(tmp_path) -> None:
     hl = lat[0]["history_latent_frames"]
     assert torch.equal(one.history[0], lat[0]["latents"][:, hl - 1 : hl])
     assert not torch.equal(one.history[0], lat[0]["latents"][:, hl - 2 : hl - 1])
+
+
+def test_long_history_is_sampled_up_to_the_cap_and_first_frame_is_flagged(tmp_path) -> None:
+    """History up to max_history_latent_frames reaches the batch (so select_history's far
+    sampling fires); only a history that starts at the clip start is flagged as first frame."""
+    from model.tscm import select_history
+
+    cfg = tiny_cfg(tmp_path, max_history_latent_frames=40)
+    text = TextEncoder.tiny(event_len=cfg.event_len, action_len=cfg.action_len)
+    cond = Conditioner(cfg, None, text, ActionEmbeddingCache.build(text))
+
+    def latent(hl: int, first: bool) -> dict:
+        n = 1 + 4 * (hl - 1) + 8
+        return {
+            "__key__": f"s{hl}",
+            "latents": torch.randn(48, hl + 2, 4, 8),
+            "history_latent_frames": hl,
+            "history_starts_at_first_frame": first,
+            "event_emb": torch.zeros(cfg.event_len, 32),
+            "keys": np.zeros(n, np.int64),
+            "mouse": np.zeros(n, np.int64),
+            "task": "i2v",
+            "tiny_random": True,
+        }
+
+    sizes, flags = [], []
+    for seed in range(40):
+        b = cond.batch([latent(60, True), latent(50, True)], "i2v", np.random.default_rng(seed))
+        sizes.append(b.history.shape[2])
+        flags.append((b.history.shape[2] == 50, b.history_first_frame))
+        assert b.history_frame_ids.tolist() == list(range(sizes[-1], 0, -1))
+    assert max(sizes) > 32 and max(sizes) <= 40 and min(sizes) >= 1
+    assert all(not f for _, f in flags)  # 50 > the cap of 40: never the clip's first frame
+    assert len(select_history(max(sizes))) < max(sizes)  # far history is sampled
+    whole = [cond.batch([latent(3, True)], "i2v", np.random.default_rng(s)) for s in range(10)]
+    assert {(b.history.shape[2] == 3) for b in whole if b.history_first_frame} == {True}
+    assert any(b.history_first_frame for b in whole)
+    assert not any(b.keep_nearest(1).history_first_frame for b in whole if b.history.shape[2] > 1)
+
+
+def test_action_label_is_the_most_frequent_pair() -> None:
+    from training.data import _mode
+
+    keys = np.array([1, 1, 1, 2, 2, 2, 2])
+    mouse = np.array([5, 6, 7, 3, 3, 4, 4])
+    # per column the modes are 2 and 3 / 4; the most frequent pair is (2, 3) (tie -> lowest)
+    assert _mode(keys, mouse) == (2, 3)
+    keys2, mouse2 = np.array([1, 1, 2, 2, 2]), np.array([9, 9, 8, 7, 6])
+    assert _mode(keys2, mouse2) == (1, 9)  # keys alone would say 2, pairs say (1, 9)
+    assert _mode(np.array([]), np.array([])) == (0, 0)

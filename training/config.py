@@ -25,10 +25,15 @@ class TrainConfig:
     datasets: dict[str, float] = field(default_factory=lambda: {"sekai-real": 1.0})
     # steps of each task per cycle: {"t2v": 1, "i2v": 1} alternates T2V and I2V steps
     tasks: dict[str, int] = field(default_factory=lambda: {"t2v": 1, "i2v": 1})
-    height: int = 64
-    width: int = 128
+    # (H, W): the reader covers it with the aspect kept and centre-crops. 128x224 (0.571) is
+    # 544x960's aspect (0.567) to within 1% (about 4 px cropped top and bottom at 544x960);
+    # both must be multiples of 32 (VAE stride 16 x patch 2).
+    height: int = 128
+    width: int = 224
     pred_latent_frames: int = 2  # latent frames of the prediction block
-    history_latent_frames: int = 2  # most latent frames of I2V history (1 = first frame only)
+    # most latent frames of I2V history (the prediction block may sit anywhere in the clip and
+    # all frames before it up to this cap are history; the model samples and compresses them)
+    max_history_latent_frames: int = 40  # tiny: 157 frames, about 10 s of a 16 fps clip
     batch_size: int = 2
     shuffle_buffer: int = 16
     # ---- flow matching ---------------------------------------------------------------------
@@ -69,7 +74,7 @@ class TrainConfig:
 
 
 PRESETS: dict[str, TrainConfig] = {
-    # CPU, a couple of minutes on the demo shards, 64x128 pixels -> 4x8 latents, 2 tokens x 4 x 2.
+    # CPU, a few minutes on the demo shards, 128x224 pixels -> 8x14 latents, 4x7 tokens per frame.
     "tiny": TrainConfig(),
     # Yume-1.5 paper: Wan2.2-TI2V-5B, 704x1280, 16 fps, batch 40, Adam lr 1e-5, 10,000 iterations.
     "wan22-5b": TrainConfig(
@@ -85,7 +90,7 @@ PRESETS: dict[str, TrainConfig] = {
         height=704,
         width=1280,
         pred_latent_frames=8,
-        history_latent_frames=8,
+        max_history_latent_frames=1024,  # the whole clip (over a minute at 16 fps)
         batch_size=40,
         shuffle_buffer=256,
         shift=5.0,

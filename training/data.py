@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,11 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from tqdm import tqdm
 
 from model.text import ActionEmbeddingCache, TextEncoder
 from model.vae import STRIDE, VideoVAE
 from training.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 StreamFactory = Callable[[int], Iterator[dict]]  # seed -> endless iterator of samples
 TASKS = ("t2v", "i2v")
@@ -53,6 +56,16 @@ class Stream:
         self.consumed = consumed
 
 
+def mixture_weight(weights: dict[str, float], dataset: str, task: str) -> float:
+    """Weight of (dataset, task): ``"<dataset>:<task>"`` when given, else ``"<dataset>"``."""
+    return float(weights.get(f"{dataset}:{task}", weights.get(dataset, 0.0)))
+
+
+def mixture_datasets(weights: dict[str, float]) -> list[str]:
+    """Dataset names of a mixture whose keys are ``name`` or ``name:task``."""
+    return sorted({k.split(":", 1)[0] for k in weights})
+
+
 def task_pattern(tasks: dict[str, int]) -> list[str]:
     """One cycle of steps: {"t2v": 1, "i2v": 2} -> [t2v, i2v, i2v]."""
     pattern = [t for t in TASKS for _ in range(int(tasks.get(t, 0)))]
@@ -73,10 +86,13 @@ class Mixture:
     ):
         self.streams = streams
         self.weights = dataset_weights
-        have = {t for _, t in streams}
+        have = {t for d, t in streams if mixture_weight(dataset_weights, d, t) > 0}
         self.pattern = [t for t in task_pattern(tasks) if t in have]
         if not self.pattern:
             raise ValueError(f"no data for the tasks {tasks}; streams: {sorted(streams)}")
+        missing = sorted({t for t in task_pattern(tasks)} - have)
+        if missing:
+            log.warning("no data for task(s) %s: training runs only %s steps", missing, have)
         self.rng = np.random.default_rng(seed)
 
     def task_for_step(self, step: int) -> str:
@@ -85,10 +101,10 @@ class Mixture:
     def draw(self, step: int, n: int) -> tuple[str, list[dict]]:
         """The step's task and ``n`` samples of it from datasets drawn by weight."""
         task = self.task_for_step(step)
-        names = [d for d, t in self.streams if t == task and self.weights.get(d, 0) > 0]
+        names = [d for d, t in self.streams if t == task and mixture_weight(self.weights, d, t) > 0]
         if not names:
             raise ValueError(f"no dataset with positive weight has {task} samples")
-        p = np.array([self.weights[d] for d in names], dtype=np.float64)
+        p = np.array([mixture_weight(self.weights, d, task) for d in names], dtype=np.float64)
         picks = self.rng.choice(len(names), size=n, p=p / p.sum())
         return task, [self.streams[(names[i], task)].next() for i in picks]
 
@@ -122,11 +138,18 @@ def memory_source(samples: Sequence[dict]) -> StreamFactory:
 def window_frames(cfg: TrainConfig, task: str) -> tuple[int, int]:
     """(history, prediction) pixel frames to ask the reader for, so that latents align:
     T2V 1 + 4(Fp - 1) frames -> Fp latent frames; I2V up to 1 + 4(Fh - 1) history frames
-    -> Fh latent frames, then 4 Fp frames -> Fp latent frames."""
+    -> Fh latent frames (Fh = ``max_history_latent_frames``; the reader gives fewer when the
+    prediction block sits early in the clip), then 4 Fp frames -> Fp latent frames."""
     ft = STRIDE[0]
     if task == "t2v":
         return 0, 1 + ft * (cfg.pred_latent_frames - 1)
-    return 1 + ft * (cfg.history_latent_frames - 1), ft * cfg.pred_latent_frames
+    return 1 + ft * (cfg.max_history_latent_frames - 1), ft * cfg.pred_latent_frames
+
+
+def min_clip_frames(cfg: TrainConfig, task: str) -> int:
+    """Fewest clip frames that hold one ``task`` window (I2V: at least one history frame)."""
+    _, pred = window_frames(cfg, task)
+    return pred + (task == "i2v")
 
 
 def clip_shard_source(urls: list[str], cfg: TrainConfig, task: str) -> StreamFactory:
@@ -177,6 +200,7 @@ def write_latent_shard(path: str | Path, samples: list[dict], extra_meta: dict) 
                 "task": s["task"],
                 "source": s["source"],
                 "history_latent_frames": int(s["history_latent_frames"]),
+                "history_starts_at_first_frame": bool(s["history_starts_at_first_frame"]),
                 "keys": np.asarray(s["keys"]).tolist(),
                 "mouse": np.asarray(s["mouse"]).tolist(),
                 "latent_shape": list(s["latents"].shape),
@@ -228,6 +252,7 @@ def read_latent_shard(path: str | Path) -> list[dict]:
                 "latents": torch.load(io.BytesIO(parts["latents.pth"])).float(),
                 "event_emb": torch.load(io.BytesIO(parts["event_emb.pth"])).float(),
                 "history_latent_frames": int(meta["history_latent_frames"]),
+                "history_starts_at_first_frame": bool(meta["history_starts_at_first_frame"]),
                 "keys": np.asarray(meta["keys"], dtype=np.int64),
                 "mouse": np.asarray(meta["mouse"], dtype=np.int64),
                 "task": meta["task"],
@@ -239,7 +264,9 @@ def read_latent_shard(path: str | Path) -> list[dict]:
 
 
 def latent_shard_source(shards: list[Path], task: str) -> StreamFactory:
-    """Endless epochs over latent shards: shard order and in-shard order shuffled per epoch."""
+    """Endless epochs over latent shards: shard order and in-shard order shuffled per epoch.
+
+    An epoch without a single ``task`` sample is an error (not an endless loop)."""
 
     def factory(seed: int) -> Iterator[dict]:
         rng = np.random.default_rng(seed)
@@ -256,44 +283,108 @@ def latent_shard_source(shards: list[Path], task: str) -> StreamFactory:
     return factory
 
 
+def clip_shards_by_task(folder: Path, cfg: TrainConfig) -> dict[str, list[str]]:
+    """Indexed clip shards holding at least one sample that offers each task and is long
+    enough for its window (sample json ``tasks``, index ``frames``)."""
+    from curation.shards import indexed_shards, iter_shard, read_index
+
+    frames = dict(
+        zip(
+            read_index(folder).column("key").to_pylist(),
+            read_index(folder).column("frames").to_pylist(),
+            strict=True,
+        )
+    )
+    need = {t: min_clip_frames(cfg, t) for t in TASKS}
+    out: dict[str, list[str]] = {t: [] for t in TASKS}
+    for url in tqdm(indexed_shards(folder), desc=f"scan {folder.name}", leave=False):
+        offered: set[str] = set()
+        for key, members in iter_shard(url, exts={"json"}):
+            tasks = json.loads(bytes(members["json"])).get("tasks", [])
+            offered |= {t for t in tasks if frames.get(key, 0) >= need[t]}
+        for t in offered:
+            out[t].append(url)
+    return out
+
+
+def latent_shards_by_task(folder: Path, cfg: TrainConfig) -> dict[str, list[str]]:
+    """Finished latent shards (those with a sidecar) per task they hold, after checking that
+    they were encoded with this config's size, frames and encoders."""
+    out: dict[str, list[str]] = {t: [] for t in TASKS}
+    want = latent_config_hash(cfg)
+    for sidecar in sorted(folder.glob("*.json")):
+        side = json.loads(sidecar.read_text())
+        if side.get("config_hash") != want:
+            raise ValueError(
+                f"{sidecar}: latent shard encoded with another config (hash "
+                f"{side.get('config_hash')}, this run {want}: {latent_config(cfg)}); "
+                "re-encode with `jobs.encode_latents` into a fresh folder"
+            )
+        for t in {r["task"] for r in side["rows"]}:
+            out[t].append(str(folder / side["shard"]))
+    return out
+
+
 def shard_streams(cfg: TrainConfig, rank: int = 0) -> dict[tuple[str, str], Stream]:
-    """One stream per (dataset, task) from ``<root>/latents/<ds>`` or ``<root>/shards/<ds>``."""
+    """One stream per (dataset, task) from ``<root>/latents/<ds>`` or ``<root>/shards/<ds>``.
+
+    Built from the shard index and metadata: a (dataset, task) without a possible window is
+    skipped with a warning (never an endless search); a dataset with none at all is an error.
+    """
     root = Path(cfg.data_root)
     streams = {}
-    for k, (dataset, weight) in enumerate(sorted(cfg.datasets.items())):
-        if weight <= 0:
+    for k, dataset in enumerate(mixture_datasets(cfg.datasets)):
+        tasks = [t for t in TASKS if cfg.tasks.get(t, 0) > 0]
+        tasks = [t for t in tasks if mixture_weight(cfg.datasets, dataset, t) > 0]
+        if not tasks:
             continue
         folder = root / ("latents" if cfg.latents else "shards") / dataset
-        tars = sorted(folder.glob("*.tar"))
-        if not tars:
+        if not folder.is_dir():
             raise FileNotFoundError(f"no shards in {folder} (dataset {dataset!r})")
+        by_task = (
+            latent_shards_by_task(folder, cfg) if cfg.latents else clip_shards_by_task(folder, cfg)
+        )
+        usable = [t for t in tasks if by_task[t]]
+        if not usable:
+            raise ValueError(
+                f"dataset {dataset!r} ({folder}) has no sample for {tasks} long enough for a "
+                f"window ({ {t: min_clip_frames(cfg, t) for t in tasks} } frames); "
+                "lower pred_latent_frames or drop the dataset"
+            )
+        for t in sorted(set(tasks) - set(usable)):
+            log.warning("dataset %r has no %s window: its %s weight is skipped", dataset, t, t)
         for j, task in enumerate(TASKS):
-            if cfg.tasks.get(task, 0) <= 0:
+            if task not in usable:
                 continue
             if cfg.latents:
-                factory = latent_shard_source(tars, task)
+                factory = latent_shard_source([Path(u) for u in by_task[task]], task)
             else:
-                factory = clip_shard_source([str(t) for t in tars], cfg, task)
+                factory = clip_shard_source(by_task[task], cfg, task)
             seed = cfg.seed * 1_000_003 + rank * 1009 + k * 31 + j
             streams[(dataset, task)] = Stream(factory, seed)
     return streams
 
 
+def latent_config(cfg: TrainConfig) -> dict:
+    """The config fields a latent shard depends on."""
+    return {
+        "height": cfg.height,
+        "width": cfg.width,
+        "pred_latent_frames": cfg.pred_latent_frames,
+        "max_history_latent_frames": cfg.max_history_latent_frames,
+        "vae": Path(cfg.vae).name,  # folder names: a moved weights folder still matches
+        "text_encoder": Path(cfg.text_encoder).name,
+        "event_len": cfg.event_len,
+    }
+
+
+def latent_config_hash(cfg: TrainConfig) -> str:
+    from curation.manifest import config_hash
+
+    return config_hash(latent_config(cfg))
+
+
 # ---- conditioning and batching -------------------------------------------------------------
-
-
-def resize_video(video: np.ndarray, height: int, width: int) -> torch.Tensor:
-    """uint8 (T,H,W,3) -> uint8 (T,height,width,3): centre crop to the aspect, then area resize."""
-    x = torch.from_numpy(np.ascontiguousarray(video))
-    t, h, w, _ = x.shape
-    if (h, w) == (height, width):
-        return x
-    scale = max(height / h, width / w)
-    ch, cw = round(height / scale), round(width / scale)
-    y0, x0 = (h - ch) // 2, (w - cw) // 2
-    x = x[:, y0 : y0 + ch, x0 : x0 + cw].permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=(height, width), mode="area")
-    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
 class Conditioner:
@@ -314,7 +405,8 @@ class Conditioner:
 
         A window of ``history_frames`` + prediction pixel frames is trimmed at its start to
         1 + 4k history frames, so history and prediction fall on whole latent frames; the
-        prediction block is then the last ``pred_latent_frames`` latent frames.
+        prediction block is then the last ``pred_latent_frames`` latent frames. The reader
+        already resized (cover, centre crop) to the config's size.
         """
         raw = [i for i, s in enumerate(samples) if "latents" not in s]
         if not raw:
@@ -322,16 +414,28 @@ class Conditioner:
         if self.vae is None or self.text is None:
             raise ValueError("raw clip samples need a VAE and a text encoder")
         events = self.text.encode_events([samples[i]["event_text"] for i in raw]).cpu()
+        asked, _ = window_frames(self.cfg, "i2v")
         out = list(samples)
         for j, i in enumerate(raw):
             s = samples[i]
-            video, hist = trim_window(s["video"], int(s["history_frames"]), self.cfg)
-            video = resize_video(np.asarray(video), self.cfg.height, self.cfg.width)
+            video = torch.as_tensor(np.asarray(s["video"]))
+            if tuple(video.shape[1:3]) != (self.cfg.height, self.cfg.width):
+                raise ValueError(
+                    f"{s['__key__']}: frames {tuple(video.shape[1:3])}, config size "
+                    f"{(self.cfg.height, self.cfg.width)}: read shards with size=(H, W)"
+                )
+            history_frames = int(s["history_frames"])
+            video, hist = trim_window(video, history_frames, self.cfg)
             keep = len(video)
+            # the reader gives fewer history frames than asked only at the clip start
+            starts_at_clip_start = 0 < hist == history_frames < asked
             out[i] = {
                 "__key__": s["__key__"],
                 "latents": self.vae.encode(video[None]).cpu()[0],  # (48, F, h, w)
                 "history_latent_frames": 0 if hist == 0 else 1 + (hist - 1) // STRIDE[0],
+                "history_starts_at_first_frame": bool(
+                    s.get("history_starts_at_first_frame", starts_at_clip_start)
+                ),
                 "event_emb": events[j],  # (Le, D)
                 "keys": np.asarray(s["keys"], dtype=np.int64)[-keep:],
                 "mouse": np.asarray(s["mouse"], dtype=np.int64)[-keep:],
@@ -346,9 +450,10 @@ class Conditioner:
     def batch(self, samples: list[dict], task: str, rng: np.random.Generator) -> Batch:
         """Stack latent samples and split them into history and prediction latent frames.
 
-        T2V: no history. I2V: the nearest ``h`` history latent frames, h drawn in
-        [1, min(history_latent_frames, available)]; when h is all there is, the first is the
-        window's first frame (an image latent of the causal VAE).
+        T2V: no history. I2V: the nearest ``h`` history latent frames, h drawn uniformly in
+        [1, min(max_history_latent_frames, available)]; the model then samples far history
+        in time and patchifies it by distance. ``history_first_frame`` says whether the
+        oldest passed frame is the video's first frame (for every sample of the batch).
         """
         fp = self.cfg.pred_latent_frames
         hist = [int(s["history_latent_frames"]) for s in samples]
@@ -359,15 +464,18 @@ class Conditioner:
                 )
         h = 0
         if task == "i2v":
-            most = min(min(hist), self.cfg.history_latent_frames)
+            most = min(min(hist), self.cfg.max_history_latent_frames)
             if most < 1:
                 raise ValueError("an I2V sample has no history frame")
             h = int(rng.integers(1, most + 1))
         pred = torch.stack([s["latents"][:, hl:] for s, hl in zip(samples, hist, strict=True)])
         # prediction pixel frames: after 1 + 4(hl - 1) history frames; their action label
         starts = [0 if hl == 0 else 1 + STRIDE[0] * (hl - 1) for hl in hist]
-        keys = torch.tensor([_mode(s["keys"][p:]) for s, p in zip(samples, starts, strict=True)])
-        mouse = torch.tensor([_mode(s["mouse"][p:]) for s, p in zip(samples, starts, strict=True)])
+        labels = [
+            _mode(s["keys"][p:], s["mouse"][p:]) for s, p in zip(samples, starts, strict=True)
+        ]
+        keys = torch.tensor([k for k, _ in labels])
+        mouse = torch.tensor([m for _, m in labels])
         event = torch.stack([s["event_emb"] for s in samples]).float()  # (B, Le, D)
         action = self.actions.lookup(keys, mouse).float()  # (B, La, D)
         history = None
@@ -375,6 +483,10 @@ class Conditioner:
             history = torch.stack(
                 [s["latents"][:, hl - h : hl] for s, hl in zip(samples, hist, strict=True)]
             ).float()  # (B, 48, h, h_lat, w_lat)
+        first = bool(h) and all(
+            s.get("history_starts_at_first_frame", False) and hl == h
+            for s, hl in zip(samples, hist, strict=True)
+        )
         return Batch(
             task=task,
             prediction=pred.float(),  # (B, 48, Fp, h_lat, w_lat)
@@ -382,6 +494,7 @@ class Conditioner:
             history_frame_ids=torch.arange(h, 0, -1) if h else None,  # distances, 1 = nearest
             text=torch.cat([event, action], dim=1),  # (B, Le + La, D)
             tiny_random=any(s["tiny_random"] for s in samples),
+            history_first_frame=first,
         )
 
 
@@ -399,15 +512,24 @@ def trim_window(video, history_frames: int, cfg: TrainConfig):
         ok = pred == ft * cfg.pred_latent_frames
         keep = 1 + ft * ((history_frames - 1) // ft)
     if not ok:
+        task = "i2v" if history_frames else "t2v"
         raise ValueError(
-            f"window of {history_frames}+{pred} frames does not fit {window_frames(cfg, 'i2v' if history_frames else 't2v')}"
+            f"window of {history_frames}+{pred} frames does not fit {window_frames(cfg, task)}"
         )
     return video[history_frames - keep :], keep
 
 
-def _mode(codes: np.ndarray) -> int:
-    """Most frequent code (lowest on ties); 0 for an empty range."""
-    return int(np.bincount(np.asarray(codes, dtype=np.int64)).argmax()) if len(codes) else 0
+def _mode(keys: np.ndarray, mouse: np.ndarray) -> tuple[int, int]:
+    """Most frequent (keys, mouse) pair (lowest codes on ties); (0, 0) for an empty range."""
+    if not len(keys):
+        return 0, 0
+    pairs, counts = np.unique(
+        np.stack([np.asarray(keys, np.int64), np.asarray(mouse, np.int64)], 1),
+        axis=0,
+        return_counts=True,
+    )
+    k, m = pairs[int(counts.argmax())]
+    return int(k), int(m)
 
 
 @dataclass
@@ -418,13 +540,17 @@ class Batch:
     history_frame_ids: torch.Tensor | None
     text: torch.Tensor
     tiny_random: bool
+    history_first_frame: bool = False  # history[:, :, 0] is the video's first frame
 
     def keep_nearest(self, n: int) -> Batch:
         """The batch with only its ``n`` history frames nearest the prediction, ids kept true."""
         if self.history is None:
             return self
         return dataclasses.replace(
-            self, history=self.history[:, :, -n:], history_frame_ids=self.history_frame_ids[-n:]
+            self,
+            history=self.history[:, :, -n:],
+            history_frame_ids=self.history_frame_ids[-n:],
+            history_first_frame=self.history_first_frame and n >= self.history.shape[2],
         )
 
     def to(self, device: torch.device | str) -> Batch:
@@ -438,4 +564,5 @@ class Batch:
             mv(self.history_frame_ids),
             self.text.to(device),
             self.tiny_random,
+            self.history_first_frame,
         )

@@ -65,6 +65,7 @@ def predict_velocity(model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, bat
         history=batch.history,
         history_frame_ids=batch.history_frame_ids,
         history_keep=keep,
+        history_includes_first_frame=batch.history_first_frame,
         return_dict=False,
     )
     return out[0] if isinstance(out, tuple) else out

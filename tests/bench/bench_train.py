@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from curation.shards import write_shards
+from curation.shards import indexed_shards, write_shards
 from jobs.encode_latents import EncodeShardStage
 from tests.test_shards import make_mp4, make_sample
 from training.config import preset
@@ -36,7 +36,7 @@ def main() -> dict:
         stage = EncodeShardStage(cfg.to_dict())
         t0 = time.perf_counter()
         n = 0
-        for tar in sorted((root / "shards" / "sekai-real").glob("*.tar")):
+        for tar in map(Path, indexed_shards(root / "shards" / "sekai-real")):
             n += len(
                 stage.process(str(tar), str(root / "latents" / "sekai-real" / tar.name))["rows"]
             )
@@ -53,7 +53,7 @@ def main() -> dict:
     ratio = raw / lat
     drop = 1 - long["loss_last_mean"] / long["loss_first_mean"]
     return {
-        "config": "tiny (64x128 px, 2+2 latent frames, batch 2), CPU, tiny-random models",
+        "config": "tiny (128x224 px, up to 40+2 latent frames, batch 2), CPU, tiny-random models",
         "encode_windows_per_s": round(n / encode_s, 2),
         "raw_clip_step_s": round(raw, 4),
         "latent_shard_step_s": round(lat, 4),
