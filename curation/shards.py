@@ -28,6 +28,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -91,16 +92,45 @@ def indexed_shards(shards_dir: str | Path) -> list[str]:
     return [str(Path(shards_dir) / n) for n in names]
 
 
-def check_sample(key: str, members: dict[str, bytes]) -> dict:
+def _clip_index_fields(meta: dict) -> dict:
+    return {
+        "source": meta["source"],
+        "frames": meta["frames"],
+        "fps": meta["fps"],
+        "tiny_random": meta["provenance"]["tiny_random"],
+    }
+
+
+@dataclass(frozen=True)
+class SampleKind:
+    """What one kind of sample must hold, and what the writer records about it.
+
+    ``members``: required member extensions, ``json`` among them (the metadata, whose
+    ``key`` must equal the sample key). ``validate(meta)`` raises SchemaError for bad
+    metadata. ``index_fields(meta)`` gives the index columns source, frames, fps and
+    tiny_random (frames/fps of whatever the sample holds, e.g. latent frames and their
+    rate). ``summarize(metas)`` gives the counts of a shard's stats file.
+    """
+
+    name: str
+    members: tuple[str, ...]
+    validate: Callable[[dict], None]
+    index_fields: Callable[[dict], dict]
+    summarize: Callable[[Iterable[dict]], dict]
+
+
+def check_sample(key: str, members: dict[str, bytes], kind: SampleKind | None = None) -> dict:
     """Validate one sample before it goes into a shard; return its parsed metadata.
 
     Raises SchemaError naming the problem: bad key, unsafe member name, a missing member,
-    json that is not valid sample metadata or names another key, or a txt that is not UTF-8.
+    json that is not valid metadata of ``kind`` (default: clip samples) or names another
+    key, or a txt that is not UTF-8.
     """
+    kind = kind or CLIP_SAMPLE
     validate_key(key)
     for ext in members:
         validate_member_name(ext)
-    missing = [m for m in REQUIRED_MEMBERS if m not in members]
+    missing = [m for m in kind.members if m not in members]
     if missing:
         raise SchemaError(f"sample {key!r} lacks members {missing}")
     try:
@@ -109,11 +139,11 @@ def check_sample(key: str, members: dict[str, bytes]) -> dict:
         raise SchemaError(f"sample {key!r}: json member is not JSON: {e}") from e
     if not isinstance(meta, dict):
         raise SchemaError(f"sample {key!r}: json member is not an object")
-    validate_sample(meta)
-    if meta["key"] != key:
-        raise SchemaError(f"sample {key!r}: json names key {meta['key']!r}")
+    kind.validate(meta)
+    if meta.get("key") != key:
+        raise SchemaError(f"sample {key!r}: json names key {meta.get('key')!r}")
     try:
-        bytes(members["txt"]).decode("utf-8")
+        bytes(members.get("txt", b"")).decode("utf-8")
     except UnicodeDecodeError as e:
         raise SchemaError(f"sample {key!r}: txt member is not UTF-8: {e}") from e
     return meta
@@ -172,6 +202,16 @@ def summarize_metas(metas: Iterable[dict]) -> dict:
     }
 
 
+# Clip samples (mp4 + json + txt, schemas.sample): every dataset the curation jobs write.
+CLIP_SAMPLE = SampleKind(
+    name="clip",
+    members=REQUIRED_MEMBERS,
+    validate=validate_sample,
+    index_fields=_clip_index_fields,
+    summarize=summarize_metas,
+)
+
+
 def merge_summaries(parts: Iterable[dict]) -> dict:
     """Add up summarize_metas results (per-shard stats) into one."""
     total: dict = {
@@ -197,7 +237,8 @@ class ShardWriter:
     """Append samples to ``<out_dir>/<dataset>-%06d.tar`` shards, keeping index and stats.
 
     Use as a context manager. ``write`` validates and adds one sample; a shard is closed
-    when it reaches ``max_samples`` or would pass ``max_bytes``. ``indexed_at_open`` holds
+    when it reaches ``max_samples`` or would pass ``max_bytes``. ``kind`` says what a
+    sample must hold (default: clip samples; see SampleKind). ``indexed_at_open`` holds
     the keys indexed before this run, ``done_keys`` those plus every key written since;
     writing one of them again raises DuplicateKeyError. On an exception the shard in
     progress is discarded and every finished shard stays indexed.
@@ -210,6 +251,7 @@ class ShardWriter:
         *,
         max_samples: int = 1000,
         max_bytes: int = 2**30,
+        kind: SampleKind = CLIP_SAMPLE,
     ) -> None:
         validate_key(dataset)
         if max_samples < 1 or max_bytes < 1:
@@ -218,6 +260,7 @@ class ShardWriter:
         self.dataset = dataset
         self.max_samples = max_samples
         self.max_bytes = max_bytes
+        self.kind = kind
         self.shards_written: list[str] = []
         self.samples_written = 0
         self._lock_fd: int | None = None
@@ -230,7 +273,12 @@ class ShardWriter:
         self._rows: list[dict] = []
         self._metas: list[dict] = []
         self._bytes = 0
-        config = {"dataset": dataset, "max_samples": max_samples, "max_bytes": max_bytes}
+        config = {
+            "dataset": dataset,
+            "max_samples": max_samples,
+            "max_bytes": max_bytes,
+            "kind": kind.name,
+        }
         self._provenance = provenance(STAGE, config)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -303,7 +351,7 @@ class ShardWriter:
     # -- writing ---------------------------------------------------------------------------
     def write(self, key: str, members: dict[str, bytes]) -> None:
         """Validate and append one sample (raises SchemaError or DuplicateKeyError)."""
-        meta = check_sample(key, members)
+        meta = check_sample(key, members, self.kind)
         if key in self.done_keys:
             raise DuplicateKeyError(f"sample {key!r} is already in {self.dataset}")
         size = _tar_size(members)
@@ -331,10 +379,7 @@ class ShardWriter:
                 "members": exts,
                 "sizes": [len(members[e]) for e in exts],
                 "sha256": digests.result(),
-                "source": meta["source"],
-                "frames": meta["frames"],
-                "fps": meta["fps"],
-                "tiny_random": meta["provenance"]["tiny_random"],
+                **self.kind.index_fields(meta),
             }
         )
         self._metas.append(meta)
@@ -384,8 +429,8 @@ class ShardWriter:
             "dataset": self.dataset,
             "bytes": (self.out_dir / name).stat().st_size,
             "keys": [r["key"] for r in rows],
-            "durations_s": [round(m["frames"] / m["fps"], 3) for m in metas],
-            **summarize_metas(metas),
+            "durations_s": [round(r["frames"] / r["fps"], 3) for r in rows],
+            **self.kind.summarize(metas),
         }
         atomic_write_json(self.out_dir / stats_name(name), stats)
         table = pa.Table.from_pylist(rows, schema=SHARD_INDEX_SCHEMA)
@@ -458,13 +503,15 @@ def write_shards(
     max_samples: int = 1000,
     max_bytes: int = 2**30,
     rejects_path: str | Path | None = None,
+    kind: SampleKind = CLIP_SAMPLE,
 ) -> dict:
     """Append ``(key, members)`` samples not yet indexed to the dataset's shards.
 
-    For producers that hold samples in memory (synthetic and event datasets). Returns the
-    summary of write_shards_from_dir.
+    For producers that hold samples in memory (synthetic, event and latent datasets; pass
+    ``kind`` for samples other than clips). Returns the summary of write_shards_from_dir.
     """
-    with ShardWriter(shards_dir, dataset, max_samples=max_samples, max_bytes=max_bytes) as w:
+    limits = {"max_samples": max_samples, "max_bytes": max_bytes, "kind": kind}
+    with ShardWriter(shards_dir, dataset, **limits) as w:
         items = ((key, key, lambda m=members: m) for key, members in samples)
         packed = _pack(w, items)
     return _summary(w, packed, Path(rejects_path) if rejects_path else None)

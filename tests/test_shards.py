@@ -450,3 +450,63 @@ def test_write_cli(tmp_path, mp4):
 def test_verify_cli_rejects_a_folder_without_shards(tmp_path):
     result = CliRunner().invoke(app, ["shards", "verify", str(tmp_path)])
     assert result.exit_code == 2 and "neither" in result.output  # (rich wraps the message)
+
+
+def _latent_meta(key: str, frames: int = 5) -> dict:
+    return {"key": key, "source": "sekai-real", "latent_shape": [48, frames, 4, 4], "fps": 4.0}
+
+
+def _validate_latent(meta: dict) -> None:
+    if not (isinstance(meta.get("latent_shape"), list) and len(meta["latent_shape"]) == 4):
+        raise SchemaError(f"sample {meta.get('key')!r}: latent_shape must be 4 integers")
+
+
+LATENT = shards_module.SampleKind(
+    name="latent",
+    members=("latents.pth", "json"),
+    validate=_validate_latent,
+    index_fields=lambda m: {
+        "source": m["source"],
+        "frames": m["latent_shape"][1],
+        "fps": m["fps"],
+        "tiny_random": False,
+    },
+    summarize=lambda metas: {"count": len(list(metas))},
+)
+
+
+def test_writer_validates_other_sample_kinds(tmp_path):
+    """Latent samples go through the same writer: their own members, schema and stats."""
+    good = {
+        f"lat_{i}": {"latents.pth": bytes([i]) * 100, "json": json.dumps(_latent_meta(f"lat_{i}"))}
+        for i in range(3)
+    }
+    bad = {"latents.pth": b"x", "json": json.dumps({"key": "bad", "latent_shape": [1]})}
+    no_latents = {"json": json.dumps(_latent_meta("no_latents"))}
+    samples = [
+        (k, {e: d.encode() if isinstance(d, str) else d for e, d in m.items()})
+        for k, m in [*good.items(), ("bad", bad), ("no_latents", no_latents)]
+    ]
+    out = tmp_path / "latents"
+    summary = write_shards(samples, out, "latents", max_samples=2, kind=LATENT)
+    assert summary["samples_written"] == 3 and summary["shards_written"] == [
+        "latents-000000.tar",
+        "latents-000001.tar",
+    ]
+    reasons = {r["clip_id"]: r["detail"] for r in summary["rejects"]}
+    assert (
+        "latent_shape" in reasons["bad"]
+        and "lacks members ['latents.pth']" in reasons["no_latents"]
+    )
+    index = read_index(out).to_pylist()
+    assert [(r["key"], r["members"], r["frames"]) for r in index] == [
+        (f"lat_{i}", ["json", "latents.pth"], 5) for i in range(3)
+    ]
+    stats = json.loads((out / "latents-000000_stats.json").read_text())
+    assert stats["count"] == 2 and stats["durations_s"] == [1.25, 1.25]
+    read = dict(iter_shard(out / "latents-000001.tar"))
+    assert read["lat_2"]["latents.pth"] == bytes([2]) * 100
+    # the default kind (clips) refuses a latent sample: no mp4, not a clip schema
+    with pytest.raises(SchemaError, match="lacks members"):
+        with ShardWriter(tmp_path / "clips", "clips") as w:
+            w.write("lat_0", samples[0][1])
