@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import decord
@@ -342,15 +348,60 @@ def test_end_to_end_sample_release_actions_clips_shards(ray_local, tmp_path):
     assert summary["generated"] == {GENERATOR: 2}
 
 
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid``, by parent links in /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # exited while listing
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def kill_process_tree(proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """SIGKILL a job and every process it started, its Ray cluster included, and wait.
+
+    Ray's daemons start their own sessions, so killing the process group leaves them
+    running. The tree is frozen first (SIGSTOP, until no new process appears), so nothing
+    escapes by forking or being re-parented, then every process in it is SIGKILLed.
+    """
+    os.killpg(proc.pid, signal.SIGSTOP)
+    tree: set[int] = set()
+    while new := ({proc.pid} | _descendants(proc.pid)) - tree:
+        for pid in new:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        tree |= new
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + timeout
+    while (left := [p for p in tree if _alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, f"processes of the killed job still running: {left}"
+
+
 @pytest.mark.slow
 def test_killed_job_reruns_without_loss_or_duplicates(ray_local, good_video, tmp_path):
     """SIGKILL the job (driver and its Ray) mid-run, rerun: every key once, all verified."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     videos, root = tmp_path / "videos", tmp_path / "data"
     videos.mkdir()
     ids = [f"clip{i}" for i in range(5)]
@@ -390,13 +441,11 @@ def test_killed_job_reruns_without_loss_or_duplicates(ray_local, good_video, tmp
         if len(list(staged.glob("*.json"))) >= 2:
             break
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # the job's own process group only
-    proc.wait()
+    kill_process_tree(proc)
     done_at_kill = len(list(staged.glob("*.json")))
     assert 0 < done_at_kill < len(ids), "the kill should land mid-run"
 
     summary = run(ClipsJob(config(videos, root), progress=False))
-    # Ray workers run in their own process groups: one may finish its video after the kill.
     assert summary["written"] + summary["skipped_existing"] == len(ids)
     assert summary["skipped_existing"] >= done_at_kill
     index = (
