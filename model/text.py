@@ -79,6 +79,11 @@ class _HFTokenizer:
         return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
 
 
+def encoder_id(backend: str, seed: int = 0) -> str:
+    """The ``model_id`` a TextEncoder loaded from ``backend`` has (without loading it)."""
+    return f"tiny-random-umt5-s{seed}" if backend == "tiny-random" else backend
+
+
 @dataclass
 class TextEncoder:
     """UMT5 encoder with fixed lengths for the event and the action sequences.
@@ -108,7 +113,7 @@ class TextEncoder:
         return cls(
             model.eval().requires_grad_(False),
             _HFTokenizer(tok, str(tok_dir)),
-            model_id=str(path),
+            model_id=encoder_id(str(path)),
             tiny_random=False,
             event_len=event_len,
             action_len=action_len,
@@ -123,7 +128,7 @@ class TextEncoder:
         return cls(
             model.eval().requires_grad_(False),
             ByteTokenizer(),
-            model_id=f"tiny-random-umt5-s{seed}",
+            model_id=encoder_id("tiny-random", seed),
             tiny_random=True,
             event_len=event_len,
             action_len=action_len,

@@ -303,3 +303,62 @@ def test_action_label_is_the_most_frequent_pair() -> None:
     keys2, mouse2 = np.array([1, 1, 2, 2, 2]), np.array([9, 9, 8, 7, 6])
     assert _mode(keys2, mouse2) == (1, 9)  # keys alone would say 2, pairs say (1, 9)
     assert _mode(np.array([]), np.array([])) == (0, 0)
+
+
+def test_run_folder_safety_checkpoint_rotation_and_sample_labels(tmp_path, monkeypatch) -> None:
+    """A fresh run into an old run folder refuses (or --overwrite); --resume with another
+    config refuses naming the keys; only the newest keep_checkpoints stay; tiny-random data
+    labels the rows even with production-looking models."""
+    from training.config import TrainConfig
+
+    out = tmp_path / "run"
+    cfg = tiny_cfg(out, steps=4, ckpt_every=1, keep_checkpoints=2)
+    train(cfg, streams=streams())
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*.pt")) == [
+        "step-000003.pt",
+        "step-000004.pt",
+    ]
+    with pytest.raises(FileExistsError, match="--resume .* --overwrite"):
+        train(cfg, streams=streams())
+    with pytest.raises(ValueError, match=r"lr: 0\.002 -> 0\.1.*shift"):
+        train(tiny_cfg(out, steps=6, lr=0.1, shift=1.0), streams=streams(), resume=True)
+    resumed = train(tiny_cfg(out, steps=5, ckpt_every=1), streams=streams(), resume=True)
+    assert resumed["steps"] == 5
+
+    monkeypatch.setattr(TrainConfig, "tiny_random", property(lambda self: False))
+    again = train(cfg, streams=streams(), overwrite=True)  # samples say tiny_random: True
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(r["tiny_random"] for r in rows)
+    assert again["tiny_random"] and json.loads((out / "summary.json").read_text())["tiny_random"]
+
+
+def test_latent_training_loads_no_text_encoder_when_the_action_cache_exists(tmp_path) -> None:
+    from training.train_base import Trainer, stored_action_cache
+
+    lat = [
+        {
+            "__key__": f"l{i}-{task}",
+            "latents": torch.randn(48, 2 + (task == "i2v"), 4, 8),
+            "history_latent_frames": int(task == "i2v"),
+            "history_starts_at_first_frame": True,
+            "event_emb": torch.zeros(64, 32),
+            "keys": np.zeros(13, np.int64),
+            "mouse": np.zeros(13, np.int64),
+            "task": task,
+            "source": "synthetic",
+            "tiny_random": True,
+        }
+        for i in range(2)
+        for task in ("t2v", "i2v")
+    ]
+    s = {
+        ("synthetic", t): Stream(memory_source([x for x in lat if x["task"] == t]), 0)
+        for t in ("t2v", "i2v")
+    }
+    cfg = tiny_cfg(tmp_path, latents=True, steps=1)
+    first = Trainer(cfg, streams=s)  # builds the action cache once (loads the encoder)
+    assert first._text is not None and first._vae is None
+    assert stored_action_cache(tmp_path / "action_cache-yume.safetensors", cfg) is not None
+    second = Trainer(cfg, streams=s, overwrite=True)
+    assert second._text is None and second._vae is None
+    assert second.run()["steps"] == 1

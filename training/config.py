@@ -53,11 +53,18 @@ class TrainConfig:
     out_dir: str = "./runs/tiny"
     log_every: int = 1
     ckpt_every: int = 20
+    keep_checkpoints: int = 3  # newest checkpoints kept on disk
     val_every: int = 20
     val_sampling_steps: int = 4
     # ---- distribution (Ray Train); 1 worker = plain single process -----------------------
     workers: int = 1
     gpus_per_worker: float = 0.0
+
+    # fields a resumed run may change; any other difference from the checkpoint is refused
+    RESUMABLE_CHANGES = frozenset(
+        {"steps", "out_dir", "data_root", "workers", "gpus_per_worker", "log_every",
+         "ckpt_every", "val_every", "keep_checkpoints"}
+    )  # fmt: skip
 
     @property
     def tiny_random(self) -> bool:

@@ -58,6 +58,12 @@ def wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
 
 
+def barrier(ctx: DistContext) -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if ctx.world_size > 1:
+        dist.barrier()
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
@@ -109,10 +115,26 @@ def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def _worker(loop_config: dict) -> None:
     from training.train_base import train
 
-    train(TrainConfig.from_dict(loop_config["config"]), resume=loop_config["resume"])
+    cfg = TrainConfig.from_dict(loop_config["config"])
+    train(cfg, resume=loop_config["resume"], overwrite=loop_config["overwrite"])
 
 
-def run_ray(cfg: TrainConfig, resume: bool = False, address: str | None = None) -> None:
+def absolute_paths(cfg: TrainConfig) -> dict:
+    """The config as a dict with every local path (weights, encoders, data, out) absolute;
+    backend names such as ``tiny-random`` are kept."""
+
+    def resolve(p: str | None) -> str | None:
+        if p is None or p == "tiny-random":
+            return p
+        return str(Path(p).expanduser().resolve())
+
+    paths = ("weights", "vae", "text_encoder", "data_root", "out_dir")
+    return cfg.to_dict() | {k: resolve(getattr(cfg, k)) for k in paths}
+
+
+def run_ray(
+    cfg: TrainConfig, resume: bool = False, address: str | None = None, overwrite: bool = False
+) -> None:
     """Run ``train`` on ``cfg.workers`` Ray Train workers (multi-GPU / multi-node).
 
     Paths are made absolute because workers may start in another directory; they must be
@@ -124,13 +146,13 @@ def run_ray(cfg: TrainConfig, resume: bool = False, address: str | None = None) 
 
     if not ray.is_initialized():
         ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, include_dashboard=False)
-    out = Path(cfg.out_dir).resolve()
-    config = cfg.to_dict() | {"out_dir": str(out), "data_root": str(Path(cfg.data_root).resolve())}
+    config = absolute_paths(cfg)
+    out = Path(config["out_dir"])
     use_gpu = cfg.gpus_per_worker > 0
     resources = {"GPU": cfg.gpus_per_worker} if use_gpu else {"CPU": 1}
     trainer = TorchTrainer(
         _worker,
-        train_loop_config={"config": config, "resume": resume},
+        train_loop_config={"config": config, "resume": resume, "overwrite": overwrite},
         scaling_config=ScalingConfig(
             num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=resources
         ),

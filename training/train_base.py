@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from curation.manifest import atomic_write_json
 from curation.provenance import code_version
 from curation.video import H264Writer
 from model import flow
-from model.text import ActionEmbeddingCache, TextEncoder
+from model.text import ActionEmbeddingCache, TextEncoder, encoder_id
 from model.tscm import TSCMTransformer, select_history
 from model.vae import VideoVAE
 from training import distributed
@@ -115,6 +116,20 @@ def write_video(path: Path, video: torch.Tensor, fps: float = 16.0) -> None:
     tmp.replace(path)
 
 
+def stored_action_cache(path: Path, cfg: TrainConfig) -> ActionEmbeddingCache | None:
+    """The action cache at ``path`` if ``cfg``'s encoder, style and length built it (checked
+    without loading the encoder), else None."""
+    if not path.exists():
+        return None
+    cache = ActionEmbeddingCache.load(path)
+    ok = (
+        cache.meta.get("encoder_id") == encoder_id(cfg.text_encoder)
+        and cache.meta.get("style") == cfg.action_style
+        and cache.embeddings.shape[2] == cfg.action_len
+    )
+    return cache if ok else None
+
+
 class Trainer:
     """Holds what the loop needs; ``run`` is the loop."""
 
@@ -124,6 +139,7 @@ class Trainer:
         *,
         streams: dict[tuple[str, str], Stream] | None = None,
         resume: bool = False,
+        overwrite: bool = False,
     ):
         self.cfg = cfg
         self.ctx = distributed.context()
@@ -134,18 +150,24 @@ class Trainer:
         random.seed(cfg.seed + rank)
         self.noise_gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank)
 
-        self.vae = VideoVAE.load(cfg.vae).to(self.ctx.device)
-        self.text = TextEncoder.load(
-            cfg.text_encoder, event_len=cfg.event_len, action_len=cfg.action_len
-        ).to(self.ctx.device)
+        # latent shards carry VAE latents and event embeddings: the encoders load only when
+        # needed (the action cache missing -> UMT5 once; validation samples -> the VAE)
+        self._vae: VideoVAE | None = None
+        self._text: TextEncoder | None = None
         cache_path = self.out / f"action_cache-{cfg.action_style}.safetensors"
-        self.actions = ActionEmbeddingCache.load_or_build(self.text, cache_path, cfg.action_style)
-        self.cond = Conditioner(cfg, self.vae, self.text, self.actions)
+        self.actions = (cfg.latents and stored_action_cache(cache_path, cfg)) or (
+            ActionEmbeddingCache.load_or_build(self.text, cache_path, cfg.action_style)
+        )
+        raw = not cfg.latents
+        self.cond = Conditioner(
+            cfg, self.vae if raw else None, self.text if raw else None, self.actions
+        )
         self.batch_size = max(1, cfg.batch_size // self.ctx.world_size)  # per rank
 
         streams = streams if streams is not None else shard_streams(cfg, rank)
         self.mixture = Mixture(streams, cfg.datasets, cfg.tasks, seed=cfg.seed + 17 * rank)
         self.val_batch = self._validation_batch(streams)
+        self.data_tiny_random = self.val_batch is not None and self.val_batch.tiny_random
 
         self.model = distributed.wrap(build_transformer(cfg).to(self.ctx.device), self.ctx)
         # from the wrapped model: under FSDP the shadow is sharded like the parameters
@@ -158,18 +180,45 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm))
 
         self.step = 0
-        ckpt = latest_checkpoint(self.out) if resume else None
+        ckpt = latest_checkpoint(self.out)
+        if ckpt is not None and not resume:
+            if not overwrite:
+                raise FileExistsError(
+                    f"{self.out} holds a run (step {ckpt.name}); pass --resume to continue "
+                    "it or --overwrite to start again"
+                )
+            if self.ctx.is_main:
+                shutil.rmtree(ckpt.parent)
+            distributed.barrier(self.ctx)
+            ckpt = None
         if ckpt is not None:
-            self._restore(load_checkpoint(ckpt))
+            state = load_checkpoint(ckpt)
+            check_resumable(state["config"], cfg)
+            self._restore(state)
         self.log = MetricsLog(self.out, resume_step=self.step) if self.ctx.is_main else None
+
+    @property
+    def vae(self) -> VideoVAE:
+        if self._vae is None:
+            self._vae = VideoVAE.load(self.cfg.vae).to(self.ctx.device)
+        return self._vae
+
+    @property
+    def text(self) -> TextEncoder:
+        if self._text is None:
+            self._text = TextEncoder.load(
+                self.cfg.text_encoder, event_len=self.cfg.event_len, action_len=self.cfg.action_len
+            ).to(self.ctx.device)
+        return self._text
 
     # ---- state ---------------------------------------------------------------------------
 
     def _labels(self) -> dict:
+        """Provenance labels; tiny-random when any model or any sample seen so far is."""
         return {
-            "tiny_random": self.cfg.tiny_random,
-            "vae": self.vae.model_id,
-            "text_encoder": self.text.model_id,
+            "tiny_random": self.cfg.tiny_random or self.data_tiny_random,
+            "vae": self._vae.model_id if self._vae is not None else self.cfg.vae,
+            "text_encoder": encoder_id(self.cfg.text_encoder),
             "transformer": self.cfg.weights or f"random-init:{self.cfg.model}",
             "code_version": code_version(),
         }
@@ -205,11 +254,12 @@ class Trainer:
         self.mixture.load_state_dict(state["data"])
         set_rng_state(state["rng"], self.noise_gen)
         self.step = state["step"]
+        self.data_tiny_random |= bool(state["labels"]["tiny_random"])
 
     def save(self) -> None:
         state = self._state()  # collective under FSDP: every rank builds it
         if self.ctx.is_main:
-            save_checkpoint(self.out, self.step, state)
+            save_checkpoint(self.out, self.step, state, keep=self.cfg.keep_checkpoints)
 
     # ---- validation ----------------------------------------------------------------------
 
@@ -240,7 +290,7 @@ class Trainer:
             pred = sample_block(model, batch, self.cfg.val_sampling_steps, self.cfg.shift, gen)
         parts = [batch.history, pred] if batch.history is not None else [pred]
         video = self.vae.decode(torch.cat(parts, dim=2))[0].cpu()  # (T, H, W, 3)
-        tag = "tiny-random" if self.cfg.tiny_random else "model"
+        tag = "tiny-random" if self._labels()["tiny_random"] else "model"
         path = self.out / "samples" / f"step-{self.step:06d}.{tag}.mp4"
         path.parent.mkdir(parents=True, exist_ok=True)
         write_video(path, video)
@@ -285,8 +335,9 @@ class Trainer:
                 "grad_norm": float(grad_norm),
                 "lr": self.sched.get_last_lr()[0],
                 "elapsed_s": round(time.perf_counter() - t0, 3),
-                "tiny_random": cfg.tiny_random,
+                "tiny_random": cfg.tiny_random or batch.tiny_random,
             }
+            self.data_tiny_random |= batch.tiny_random
             if self._validating() and self.step % cfg.val_every == 0:
                 row |= self.validate()
             if self.log is not None and (self.step % cfg.log_every == 0 or "val_loss" in row):
@@ -306,7 +357,7 @@ class Trainer:
                 "loss_first_mean": sum(r["loss"] for r in rows[:k]) / k,
                 "loss_last_mean": sum(r["loss"] for r in rows[-k:]) / k,
             }
-        label = " (tiny-random)" if self.cfg.tiny_random else ""
+        label = " (tiny-random)" if self._labels()["tiny_random"] else ""
         summary["loss_png"] = str(self.log.plot(f"{self.cfg.name} base training{label}"))
         atomic_write_json(
             self.out / "summary.json", {k: v for k, v in summary.items() if k != "losses"}
@@ -315,6 +366,19 @@ class Trainer:
         return summary
 
 
-def train(cfg: TrainConfig, *, streams=None, resume: bool = False) -> dict:
-    """Train ``cfg`` (or continue from ``<out>/checkpoints`` with ``resume``); returns a summary."""
-    return Trainer(cfg, streams=streams, resume=resume).run()
+def check_resumable(saved: dict, cfg: TrainConfig) -> None:
+    """Refuse to resume a checkpoint made with another config (but see RESUMABLE_CHANGES)."""
+    now = TrainConfig.from_dict(saved).to_dict()
+    want = cfg.to_dict()
+    differ = sorted(
+        k for k in want if k not in TrainConfig.RESUMABLE_CHANGES and now.get(k) != want[k]
+    )
+    if differ:
+        lines = ", ".join(f"{k}: {now.get(k)!r} -> {want[k]!r}" for k in differ)
+        raise ValueError(f"--resume with another config ({lines}); use a new --out")
+
+
+def train(cfg: TrainConfig, *, streams=None, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train ``cfg`` (or continue from ``<out>/checkpoints`` with ``resume``; ``overwrite``
+    discards an earlier run's checkpoints there); returns a summary."""
+    return Trainer(cfg, streams=streams, resume=resume, overwrite=overwrite).run()
