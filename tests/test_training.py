@@ -362,3 +362,32 @@ def test_latent_training_loads_no_text_encoder_when_the_action_cache_exists(tmp_
     second = Trainer(cfg, streams=s, overwrite=True)
     assert second._text is None and second._vae is None
     assert second.run()["steps"] == 1
+
+
+def test_cli_merges_preset_config_file_options_and_set(tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    import training.train_base
+    from training.cli import app
+
+    seen = {}
+    monkeypatch.setattr(
+        training.train_base, "train", lambda cfg, **kw: seen.update(cfg=cfg, **kw) or {"losses": []}
+    )
+    (tmp_path / "c.json").write_text(json.dumps({"shift": 7.0, "lr": 0.5, "steps": 9}))
+    args = ["base", "--config-file", str(tmp_path / "c.json"), "--lr", "0.01", "--vae", "v"]
+    args += ["--dataset", "sekai-real=2", "--dataset", "event:i2v=0.5", "--set", "steps=3"]
+    args += ["--set", 'tasks={"t2v": 1, "i2v": 2}', "--set", "weights=w", "--overwrite"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    cfg = seen["cfg"]
+    assert (cfg.shift, cfg.lr, cfg.steps, cfg.vae, cfg.weights) == (7.0, 0.01, 3, "v", "w")
+    assert cfg.datasets == {"sekai-real": 2.0, "event:i2v": 0.5} and cfg.tasks["i2v"] == 2
+    assert seen["overwrite"] and not seen["resume"]
+    bad = CliRunner().invoke(app, ["base", "--set", "nope=1"])
+    assert bad.exit_code != 0 and "nope" in bad.output
+    from training.data import mixture_weight
+
+    assert mixture_weight(cfg.datasets, "event", "i2v") == 0.5
+    assert mixture_weight(cfg.datasets, "event", "t2v") == 0.0
+    assert mixture_weight(cfg.datasets, "sekai-real", "t2v") == 2.0
