@@ -62,8 +62,10 @@ def test_job_accounts_for_every_input_and_recovers_ground_truth(ray_local, relea
         ok[t["resets"]] = False
         assert np.array_equal(np.array(c["keys"])[ok], np.array(t["keys"])[ok])
         assert np.array_equal(np.array(c["mouse"])[ok], np.array(t["mouse"])[ok])
-        assert c["caption"].startswith("A first-person walk") and json.loads(c["extra"]) == {
-            "sampleSeed": "3"
+        assert c["caption"].startswith("A first-person walk")
+        assert json.loads(c["extra"]) == {
+            "sampleSeed": "3",
+            "generator": "yume-data sample-sekai (procedural render)",
         }
     segs = pq.read_table(tmp_path / "manifests" / "actions.parquet").to_pylist()
     for s in segs:
