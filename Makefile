@@ -26,7 +26,7 @@ demo: setup
 	$(BIN)/yume-data clips --videos $(DATA)/sample-sekai/videos --root $(DATA)
 	$(BIN)/yume-data shards verify $(DATA)
 	$(BIN)/yume-data shards stats $(DATA)
-	$(BIN)/yume-train base --config tiny --data $(DATA) --out $(DATA)/runs/tiny-demo --steps 20
+	$(BIN)/yume-train base --config tiny --data $(DATA) --out $(DATA)/runs/tiny-demo --steps 20 --overwrite
 
 test: setup
 	$(BIN)/python -m pytest -q
