@@ -137,12 +137,16 @@ def _action_text(segments: list[dict], pred: Sequence[int]) -> str:
 class _Windows:
     """Turn raw samples into windows; bad samples go to the handler, short clips are passed."""
 
-    def __init__(self, history, pred, stride, size, tasks, threads, seeds, handler) -> None:
+    def __init__(
+        self, history, pred, stride, size, tasks, threads, seeds, handler, max_misses
+    ) -> None:
         self.history, self.pred, self.stride, self.size = history, pred, stride, size
         self.tasks, self.threads, self.seeds, self.handler = tasks, threads, seeds, handler
+        self.max_misses = max_misses
 
     def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
         rng = self.seeds.rng(2)
+        misses = 0  # consecutive samples without a window: bounded, so a stream never hangs
         for sample in src:
             try:
                 item = self.window(sample, rng)
@@ -152,9 +156,18 @@ class _Windows:
                     *exn.args,
                 )
                 self.handler(exn)
-                continue
+                item = None
             if item is not None:
+                misses = 0
                 yield item
+                continue
+            misses += 1
+            if misses >= self.max_misses:
+                raise RuntimeError(
+                    f"no {'/'.join(self.tasks)} window of {self.pred} frames in the last "
+                    f"{misses} samples (too short, wrong tasks, or undecodable); "
+                    f"{self.handler.count} bad samples so far"
+                )
 
     def window(self, sample: dict, rng: random.Random) -> dict | None:
         key = sample["__key__"]
@@ -221,6 +234,7 @@ def make_window_dataset(
     size: tuple[int, int] | None = None,
     tasks: Sequence[str] = ("t2v", "i2v"),
     decode_threads: int = 1,
+    max_misses: int = 10_000,
 ) -> WindowDataset:
     """A WebDataset pipeline of (history, prediction) windows for training.
 
@@ -237,6 +251,8 @@ def make_window_dataset(
             stored resolution.
         tasks: which tasks to draw; a sample offers the ones in its json ``tasks``.
         decode_threads: decord threads per reader (keep 1 with several loader workers).
+        max_misses: raise instead of looping forever after this many consecutive samples
+            give no window (all too short, none offering the tasks, or all undecodable).
 
     Yields dicts: __key__, video uint8 (T,H,W,3) with T = history_frames + pred_frames,
     history_frames, keys and mouse int64 (T,) codes into schemas.actions KEYS/MOUSE, fps,
@@ -266,6 +282,7 @@ def make_window_dataset(
         decode_threads,
         seeds,
         skipped,
+        max_misses,
     )
     return WindowDataset(*stages, windows, seeds=seeds, skipped=skipped)
 

@@ -204,3 +204,11 @@ def test_resize_keeps_aspect_like_the_clips_stage(tmp_path, size):
     assert np.abs(video[0].numpy().astype(float) - want).mean() < 4
     fallback = decode_frames(mp4, [0], size)[0]  # no stored size: full decode + resize_crop
     assert np.array_equal(fallback.numpy(), resize_crop(full, *size))
+
+
+def test_a_stream_with_no_possible_window_fails_fast_instead_of_hanging(shards):
+    """Resampled shards repeat forever; a window that no sample can give must not hang."""
+    urls, _ = shards
+    ds = make_window_dataset(urls, 0, FRAMES + 1, resampled=True, shuffle=0, max_misses=50)
+    with pytest.raises(RuntimeError, match=f"no t2v/i2v window of {FRAMES + 1} frames"):
+        next(iter(ds))
