@@ -81,7 +81,9 @@ def attention_tokens(model: TSCMTransformer, inputs: dict) -> int:
     history, ids, keep = inputs["history"], inputs["history_frame_ids"], inputs["history_keep"]
     keep = keep if keep is not None else torch.arange(history.shape[2])
     with torch.no_grad():
-        hist, _ = model._temporal_spatial_tokens(history[:, :, keep.to(history.device)], ids[keep])
+        kept = history[:, :, keep.to(history.device)]
+        # The bench's history always starts at the video's first frame (select_history keeps it).
+        hist, _ = model._temporal_spatial_tokens(kept, ids[keep], oldest_is_first_frame=True)
     _, ph, pw = model.config.patch_size
     pred = BLOCK_FRAMES * (history.shape[3] // ph) * (history.shape[4] // pw)
     return hist.shape[1] + pred

@@ -10,6 +10,7 @@ import importlib
 import json
 import sys
 import time
+import traceback
 from pathlib import Path
 
 OUT = Path("bench-out")
@@ -22,7 +23,11 @@ def main(argv: list[str]) -> int:
     for name in names:
         print(f"== {name}", flush=True)
         t0 = time.perf_counter()
-        result = importlib.import_module(f"tests.bench.{name}").main()
+        try:
+            result = importlib.import_module(f"tests.bench.{name}").main()
+        except Exception as e:  # one broken bench must not hide the others' numbers
+            traceback.print_exc()
+            result = {"error": f"{type(e).__name__}: {e}", "targets_met": {"ran": False}}
         result["wall_s"] = round(time.perf_counter() - t0, 2)
         (OUT / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
         print(json.dumps(result, indent=2, default=str), flush=True)
