@@ -38,6 +38,7 @@ from tqdm import tqdm
 from curation.manifest import atomic_write_json, rejects_table, write_table
 from curation.provenance import provenance
 from schemas.common import SchemaError
+from schemas.latents import LATENT_MEMBERS, validate_latent_sample
 from schemas.sample import (
     REQUIRED_MEMBERS,
     SHARD_INDEX_SCHEMA,
@@ -210,6 +211,63 @@ CLIP_SAMPLE = SampleKind(
     index_fields=_clip_index_fields,
     summarize=summarize_metas,
 )
+
+
+def _latent_index_fields(meta: dict) -> dict:
+    return {
+        "source": meta["source"],
+        "frames": meta["latent_shape"][1],
+        "fps": meta["latent_fps"],
+        "tiny_random": meta["tiny_random"],
+    }
+
+
+def summarize_latent_metas(metas: Iterable[dict]) -> dict:
+    """Counts over latent sample metadata (frames are latent frames), for stats files."""
+    src, tasks, shapes, hist = Counter(), Counter(), Counter(), Counter()
+    count = frames = tiny = 0
+    duration = 0.0
+    for m in metas:
+        count += 1
+        f = m["latent_shape"][1]
+        frames += f
+        duration += f / m["latent_fps"]
+        src[m["source"]] += 1
+        tasks[m["task"]] += 1
+        shapes["x".join(map(str, m["latent_shape"]))] += 1
+        hist[str(m["history_latent_frames"])] += 1
+        tiny += bool(m["tiny_random"])
+    return {
+        "count": count,
+        "frames": frames,
+        "duration_s": round(duration, 3),
+        "source_counts": dict(sorted(src.items())),
+        "task_counts": dict(sorted(tasks.items())),
+        "latent_shape_counts": dict(sorted(shapes.items())),
+        "history_latent_frames_counts": dict(sorted(hist.items())),
+        "tiny_random_count": tiny,
+        "generated_count": 0,
+    }
+
+
+# Latent samples (schemas.latents): training windows pre-encoded by jobs.encode_latents.
+LATENT_SAMPLE = SampleKind(
+    name="latent",
+    members=LATENT_MEMBERS,
+    validate=validate_latent_sample,
+    index_fields=_latent_index_fields,
+    summarize=summarize_latent_metas,
+)
+SAMPLE_KINDS: dict[str, SampleKind] = {k.name: k for k in (CLIP_SAMPLE, LATENT_SAMPLE)}
+
+
+def infer_kind(index: pa.Table) -> SampleKind:
+    """The kind whose members the index rows hold (clip for an empty index)."""
+    held = set(index.column("members")[0].as_py()) if index.num_rows else set()
+    for kind in SAMPLE_KINDS.values():
+        if set(kind.members) <= held:
+            return kind
+    return CLIP_SAMPLE
 
 
 def merge_summaries(parts: Iterable[dict]) -> dict:
@@ -656,9 +714,11 @@ def check_video(mp4: bytes, meta: dict, decode: str = "ends") -> list[str]:
         return [f"mp4 does not decode: {type(e).__name__}: {str(e)[:200]}"]
 
 
-def _check_indexed_sample(key: str, members: dict[str, bytes], row: dict, decode: str) -> list:
+def _check_indexed_sample(
+    key: str, members: dict[str, bytes], row: dict, decode: str, kind: SampleKind
+) -> list:
     problems = []
-    missing = [m for m in REQUIRED_MEMBERS if m not in members]
+    missing = [m for m in kind.members if m not in members]
     if missing:
         problems.append(f"missing members {missing}")
     exts = sorted(members)
@@ -675,18 +735,25 @@ def _check_indexed_sample(key: str, members: dict[str, bytes], row: dict, decode
     if missing:
         return problems
     try:
-        meta = check_sample(key, members)
+        meta = check_sample(key, members, kind)
     except SchemaError as e:
         return [*problems, str(e)]
+    if "mp4" not in kind.members:
+        return problems
     return problems + check_video(members["mp4"], meta, decode)
 
 
-def verify_shard(path: str | Path, rows: dict[str, dict], decode: str = "ends") -> dict:
+def verify_shard(
+    path: str | Path, rows: dict[str, dict], decode: str = "ends", kind: str = "clip"
+) -> dict:
     """Check one shard against its index rows ``{key: row}``; return a report dict.
 
+    ``kind`` names a SAMPLE_KINDS entry (a name, so jobs pickle cheaply to a process pool);
+    kinds without an mp4 (latents) get the members, sha256 and json checks only.
     Every problem is a message "<shard>:<key>: what is wrong"; ``ok`` is False when any.
     """
     check_decode_mode(decode)
+    sample_kind = SAMPLE_KINDS[kind]
     name = Path(path).name
     errors, seen = [], set()
     try:
@@ -697,7 +764,8 @@ def verify_shard(path: str | Path, rows: dict[str, dict], decode: str = "ends") 
                 errors.append(f"{name}:{key}: sample is in the shard but not in the index")
                 continue
             errors += [
-                f"{name}:{key}: {p}" for p in _check_indexed_sample(key, members, row, decode)
+                f"{name}:{key}: {p}"
+                for p in _check_indexed_sample(key, members, row, decode, sample_kind)
             ]
     except (tarfile.TarError, ShardError, OSError, EOFError) as e:
         errors.append(f"{name}: cannot read shard: {type(e).__name__}: {e}")
@@ -706,7 +774,7 @@ def verify_shard(path: str | Path, rows: dict[str, dict], decode: str = "ends") 
     return {"shard": name, "samples": len(seen), "ok": not errors, "errors": errors}
 
 
-def _verify_job(job: tuple[str, dict, str]) -> dict:
+def _verify_job(job: tuple[str, dict, str, str]) -> dict:
     return verify_shard(*job)
 
 
@@ -714,9 +782,11 @@ def verify_dataset(
     shards_dir: str | Path,
     decode: str = "ends",
     map_fn: Callable[[Callable, Iterable], Iterable] = map,
+    kind: SampleKind | None = None,
 ) -> dict:
     """Verify every shard of one dataset folder against its index (see verify_shard).
 
+    ``kind`` defaults to the one the index rows' members show (clip or latent).
     ``map_fn`` runs the per-shard checks (a process pool's map for parallel verification).
     Also checks: the index exists, keys are unique, every named shard and stats file exists,
     and no shard file is missing from the index.
@@ -727,7 +797,9 @@ def verify_dataset(
     errors: list[str] = []
     if not (shards_dir / INDEX_NAME).exists():
         errors.append(f"{dataset}: no {INDEX_NAME}")
-    index = read_index(shards_dir).to_pylist()
+    table = read_index(shards_dir)
+    kind = kind or infer_kind(table)
+    index = table.to_pylist()
     dupes = sorted(k for k, n in Counter(r["key"] for r in index).items() if n > 1)
     errors += [f"{dataset}: key {k!r} is in the index more than once" for k in dupes]
     by_shard: dict[str, dict[str, dict]] = {}
@@ -739,7 +811,7 @@ def verify_dataset(
     for shard in sorted(set(by_shard) & on_disk):
         if not (shards_dir / stats_name(shard)).exists():
             errors.append(f"{shard}: stats file {stats_name(shard)} missing")
-    jobs = [(str(shards_dir / s), by_shard.get(s, {}), decode) for s in sorted(on_disk)]
+    jobs = [(str(shards_dir / s), by_shard.get(s, {}), decode, kind.name) for s in sorted(on_disk)]
     per_shard = list(
         tqdm(map_fn(_verify_job, jobs), total=len(jobs), desc=f"verify {dataset}", unit="shard")
     )
@@ -750,6 +822,7 @@ def verify_dataset(
         "shards_dir": str(shards_dir),
         "ok": not errors,
         "decode": decode,
+        "kind": kind.name,
         "shards": len(on_disk),
         "failed_shards": sum(not r["ok"] for r in per_shard),
         "samples_indexed": len(index),
@@ -758,22 +831,24 @@ def verify_dataset(
     }
 
 
-def shard_summary(path: str | Path) -> dict:
-    """summarize_metas over one shard, from its stats file or else from its json members."""
+def shard_summary(path: str | Path, kind: SampleKind = CLIP_SAMPLE) -> dict:
+    """``kind.summarize`` over one shard, from its stats file or else from its json members."""
     path = Path(path)
     stats_path = path.with_name(stats_name(path.name))
     if stats_path.exists():
         stats = json.loads(stats_path.read_text())
         if "generated_count" in stats:  # else written by an older version: recount
             return stats
-    return summarize_metas(json.loads(m["json"]) for _, m in iter_shard(path, exts=("json",)))
+    return kind.summarize(json.loads(m["json"]) for _, m in iter_shard(path, exts=("json",)))
 
 
-def dataset_stats(shards_dir: str | Path) -> dict:
-    """Totals of one dataset folder over the shards its index names."""
+def dataset_stats(shards_dir: str | Path, kind: SampleKind | None = None) -> dict:
+    """Totals of one dataset folder over the shards its index names (``kind`` as in
+    verify_dataset)."""
     shards_dir = Path(shards_dir)
     index = read_index(shards_dir)
+    kind = kind or infer_kind(index)
     shards = sorted(set(index.column("shard").to_pylist()))
-    total = merge_summaries(shard_summary(shards_dir / s) for s in shards)
+    total = merge_summaries(shard_summary(shards_dir / s, kind) for s in shards)
     nbytes = sum(sum(sizes) for sizes in index.column("sizes").to_pylist())
     return {"dataset": shards_dir.name, "shards": len(shards), "bytes": nbytes, **total}

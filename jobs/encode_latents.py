@@ -1,21 +1,27 @@
 """Pre-encode clip shards into latent shards, so training runs neither the VAE nor T5.
 
-``<root>/shards/<dataset>/*.tar`` -> ``<root>/latents/<dataset>/<same name>.tar`` plus a
-``.json`` sidecar per shard (index rows and rejects), then ``index.parquet`` per dataset,
-``manifests/encode_latents.rejects.parquet`` and ``reports/encode_latents.json``.
+``<root>/shards/<dataset>/*.tar`` -> ``<root>/latents/<dataset>/``: latent shards written by
+the one shard writer (curation.shards, kind LATENT_SAMPLE: fsynced, index.parquet with
+sha256, per-shard stats, ``yume-data shards verify`` checks them), a done record per input
+shard in ``encoded/<input shard>.json`` (config hash, rows, rejects), then ``latents.parquet``
+per dataset (schemas.latents.LATENT_INDEX_SCHEMA), ``manifests/encode_latents.rejects.parquet``
+and ``reports/encode_latents.json``.
 
 Windows come from the training reader with the training config's frame counts and size, one
 window per clip and task per pass (``--windows-per-clip`` passes). One Ray actor per model
-copy (``setup()`` loads the VAE and text encoder once), one input shard per call.
-Resumable per shard: a shard whose sidecar exists is done; the tar is renamed into place
-before its sidecar is written, so a killed run redoes at most the shards in flight.
+copy (``setup()`` loads the VAE and text encoder once), one input shard per call; the driver
+writes each input shard's samples (one writer per folder) and then its done record.
+Resumable per input shard: one with a done record is skipped; a killed run re-encodes the
+shards without one, and the writer skips keys its index already holds, so nothing doubles.
 
     ray job submit -- python -m jobs.encode_latents --config tiny --data ./data
 """
 
 from __future__ import annotations
 
+import io
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -24,25 +30,50 @@ import typer
 
 from curation.manifest import atomic_write_json, rejects_table, write_table
 from curation.provenance import provenance
-from curation.shards import indexed_shards, iter_shard
+from curation.shards import LATENT_SAMPLE, indexed_shards, iter_shard, read_index, write_shards
+from model.vae import STRIDE
 from schemas.common import REJECTS_SCHEMA
+from schemas.latents import LATENT_DONE_DIR, LATENT_INDEX_SCHEMA, LATENT_SCHEMA_VERSION
 from training.config import TrainConfig
 from training.data import latent_config, latent_config_hash, mixture_datasets
 
 STAGE = "encode_latents"
 
-LATENT_INDEX_SCHEMA = pa.schema(
-    [
-        pa.field("key", pa.string(), nullable=False),  # <clip key>-<task>-<pass>
-        pa.field("shard", pa.string(), nullable=False),
-        pa.field("task", pa.string(), nullable=False),
-        pa.field("source", pa.string(), nullable=False),
-        pa.field("latent_frames", pa.int32(), nullable=False),
-        pa.field("history_latent_frames", pa.int32(), nullable=False),
-        pa.field("tiny_random", pa.bool_(), nullable=False),
-        pa.field("sha256", pa.string(), nullable=False),  # of the latents member
-    ]
-)
+
+def done_path(out_dir: Path, shard: str) -> Path:
+    return out_dir / LATENT_DONE_DIR / Path(shard).with_suffix(".json").name
+
+
+def _tensor_bytes(t) -> bytes:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(t.contiguous().clone(), buf)
+    return buf.getvalue()
+
+
+def latent_members(sample: dict, extra: dict) -> dict[str, bytes]:
+    """A latent sample's shard members: float16 ``latents.pth`` (48, F, h, w) and
+    ``event_emb.pth`` (Le, D), and its ``json`` (schemas.latents)."""
+    meta = {
+        "schema_version": LATENT_SCHEMA_VERSION,
+        "key": sample["__key__"],
+        "task": sample["task"],
+        "source": sample["source"],
+        "latent_shape": list(sample["latents"].shape),
+        "latent_fps": float(sample["latent_fps"]),
+        "history_latent_frames": int(sample["history_latent_frames"]),
+        "history_starts_at_first_frame": bool(sample["history_starts_at_first_frame"]),
+        "keys": np.asarray(sample["keys"]).tolist(),
+        "mouse": np.asarray(sample["mouse"]).tolist(),
+        "tiny_random": bool(sample["tiny_random"]),
+        **extra,
+    }
+    return {
+        "latents.pth": _tensor_bytes(sample["latents"].half()),
+        "event_emb.pth": _tensor_bytes(sample["event_emb"].half()),
+        "json": json.dumps(meta, sort_keys=True).encode(),
+    }
 
 
 class EncodeShardStage:
@@ -68,19 +99,17 @@ class EncodeShardStage:
         self.cond = Conditioner(self.cfg, self.vae, self.text, None)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        done = [
-            self.process(str(s), str(o)) for s, o in zip(batch["shard"], batch["out"], strict=True)
-        ]
+        done = [self.process(str(s)) for s in batch["shard"]]
         return {
-            "shard": np.array([d["shard"] for d in done]),
-            "samples": np.array([len(d["rows"]) for d in done]),
-            "rejected": np.array([len(d["rejects"]) for d in done]),
+            "dataset": batch["dataset"],
+            "shard": batch["shard"],
+            "encoded": np.array([pickle.dumps(d) for d in done], dtype=object),
         }
 
-    def process(self, shard: str, out: str) -> dict:
-        """Encode one clip shard to ``out`` and write its sidecar; returns the sidecar."""
+    def process(self, shard: str) -> tuple[list[tuple[str, dict[str, bytes]]], list[dict]]:
+        """Encode one clip shard: its latent samples ``(key, members)`` and rejects rows."""
         from curation.shard_reader import make_window_dataset
-        from training.data import window_frames, write_latent_shard
+        from training.data import window_frames
 
         keys = [k for k, _ in iter_shard(shard, exts={"json"})]
         samples, rejects = [], []
@@ -101,7 +130,8 @@ class EncodeShardStage:
                     except ValueError as e:
                         rejects.append(_reject(shard, key, "bad_window", str(e)))
                         continue
-                    samples.append(lat | {"__key__": key})
+                    fps = float(window["fps"]) / STRIDE[0]  # one latent frame per 4 frames
+                    samples.append(lat | {"__key__": key, "latent_fps": fps})
                 for k in sorted(set(keys) - seen):
                     rejects.append(
                         _reject(
@@ -118,16 +148,45 @@ class EncodeShardStage:
             "size": [self.cfg.height, self.cfg.width],
             "config_hash": latent_config_hash(self.cfg),
         }
-        rows = write_latent_shard(out, samples, extra)
-        sidecar = {
-            "shard": Path(out).name,
-            "config_hash": latent_config_hash(self.cfg),
-            "config": latent_config(self.cfg),
-            "rows": rows,
-            "rejects": rejects,
-        }
-        atomic_write_json(Path(out).with_suffix(".json"), sidecar)
-        return sidecar
+        return [(s["__key__"], latent_members(s, extra)) for s in samples], rejects
+
+
+def write_encoded(
+    cfg: TrainConfig,
+    out_dir: Path,
+    shard: str,
+    samples: list[tuple[str, dict[str, bytes]]],
+    rejects: list[dict],
+) -> dict:
+    """Write one input shard's latent samples through the shard writer, then its done record.
+
+    Keys already indexed (a run killed before the done record) are skipped; samples the
+    writer refuses become rejects rows. Returns the done record."""
+    written = write_shards(samples, out_dir, out_dir.name, max_samples=10**6, kind=LATENT_SAMPLE)
+    rows = []
+    for key, members in samples:
+        meta = json.loads(members["json"])
+        rows.append(
+            {
+                "key": key,
+                "task": meta["task"],
+                "source": meta["source"],
+                "source_shard": meta["source_shard"],
+                "latent_frames": meta["latent_shape"][1],
+                "history_latent_frames": meta["history_latent_frames"],
+                "tiny_random": meta["tiny_random"],
+            }
+        )
+    refused = {r["clip_id"] for r in written["rejects"]}
+    record = {
+        "source_shard": Path(shard).name,
+        "config_hash": latent_config_hash(cfg),
+        "config": latent_config(cfg),
+        "rows": [r for r in rows if r["key"] not in refused],
+        "rejects": rejects + [r | {"stage": STAGE} for r in written["rejects"]],
+    }
+    atomic_write_json(done_path(out_dir, shard), record)
+    return record
 
 
 def _reject(shard: str, key: str, reason: str, detail: str) -> dict:
@@ -157,14 +216,13 @@ def run(
     for dataset in mixture_datasets(cfg.datasets):
         for tar in map(Path, indexed_shards(root / "shards" / dataset)):
             total += 1
-            out = out_root_p / dataset / tar.name
-            sidecar = out.with_suffix(".json")
-            if not sidecar.exists():
-                todo.append({"dataset": dataset, "shard": str(tar), "out": str(out)})
-            elif (old := json.loads(sidecar.read_text()).get("config_hash")) != want:
+            done = done_path(out_root_p / dataset, tar.name)
+            if not done.exists():
+                todo.append({"dataset": dataset, "shard": str(tar)})
+            elif (old := json.loads(done.read_text()).get("config_hash")) != want:
                 raise ValueError(
-                    f"{sidecar} was encoded with another config (hash {old}, now {want}: "
-                    f"{latent_config(cfg)}); encode into another --out or delete {out.parent}"
+                    f"{done} was encoded with another config (hash {old}, now {want}: "
+                    f"{latent_config(cfg)}); encode into another --out or delete {done.parent}"
                 )
     if todo:
         init_ray(address)
@@ -175,24 +233,32 @@ def run(
             compute=ActorPoolStrategy(size=actors),
             num_gpus=num_gpus,
         )
-        for _ in tqdm(ds.iter_rows(), total=len(todo), desc="encode-latents shards"):
-            pass
+        for row in tqdm(ds.iter_rows(), total=len(todo), desc="encode-latents shards"):
+            samples, rejects = pickle.loads(row["encoded"])
+            write_encoded(cfg, out_root_p / row["dataset"], row["shard"], samples, rejects)
     return finalize(cfg, out_root_p, shards_total=total, encoded_now=len(todo))
 
 
 def finalize(cfg: TrainConfig, out_root: Path, *, shards_total: int, encoded_now: int) -> dict:
-    """Index per dataset, rejects table and report from the shard sidecars."""
+    """Latent table per dataset, rejects table and report from the done records."""
     prov = provenance(STAGE, {"train_config": cfg.to_dict()})
     summary = {"stage": STAGE, "shards": shards_total, "encoded_now": encoded_now, "datasets": {}}
     all_rejects = []
     for dataset in mixture_datasets(cfg.datasets):
-        sidecars = [json.loads(p.read_text()) for p in sorted((out_root / dataset).glob("*.json"))]
-        rows = [r for s in sidecars for r in s["rows"]]
-        rejects = [r for s in sidecars for r in s["rejects"]]
+        folder = out_root / dataset
+        records = [
+            json.loads(p.read_text()) for p in sorted((folder / LATENT_DONE_DIR).glob("*.json"))
+        ]
+        index = read_index(folder)
+        shard_of = dict(
+            zip(index.column("key").to_pylist(), index.column("shard").to_pylist(), strict=True)
+        )
+        rows = [r | {"shard": shard_of[r["key"]]} for s in records for r in s["rows"]]
+        rejects = [r for s in records for r in s["rejects"]]
         all_rejects += rejects
         table = pa.Table.from_pylist(rows, schema=LATENT_INDEX_SCHEMA)
-        if sidecars:
-            write_table(table, out_root / dataset / "index.parquet", LATENT_INDEX_SCHEMA, prov)
+        if records:
+            write_table(table, folder / "latents.parquet", LATENT_INDEX_SCHEMA, prov)
         summary["datasets"][dataset] = {
             "samples": len(rows),
             "rejected": len(rejects),

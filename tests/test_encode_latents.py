@@ -9,12 +9,18 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from curation.shards import write_shards
-from jobs.encode_latents import EncodeShardStage, run
+from curation.shards import (
+    LATENT_SAMPLE,
+    dataset_stats,
+    indexed_shards,
+    verify_dataset,
+    write_shards,
+)
+from jobs.encode_latents import EncodeShardStage, run, write_encoded
 from model.vae import VideoVAE, latent_shape
 from tests.test_shards import make_mp4, make_sample
 from training.config import preset
-from training.data import read_latent_shard
+from training.data import Stream, latent_config_hash, latent_shard_source, read_latent_samples
 from training.train_base import train
 
 FRAMES = 24
@@ -61,17 +67,29 @@ def test_stage_encodes_a_shard_and_training_reads_latent_shards(data_root, tmp_p
     cfg = preset("tiny", height=64, width=128, data_root=str(data_root))
     stage = EncodeShardStage(cfg.to_dict())
     shard = sorted((data_root / "shards" / "sekai-real").glob("*.tar"))[0]
-    out = tmp_path / "latents" / "sekai-real" / shard.name
-    side = stage.process(str(shard), str(out))
+    out = tmp_path / "latents" / "sekai-real"
+    encoded, rejects = stage.process(str(shard))
+    side = write_encoded(cfg, out, str(shard), encoded, rejects)
     assert len(side["rows"]) == 4 and not side["rejects"]  # 2 clips x (t2v, i2v)
-    samples = {s["__key__"]: s for s in read_latent_shard(out)}
+    (latent_shard,) = indexed_shards(out)  # written by the one shard writer, latent kind
+    h = latent_config_hash(cfg)
+    samples = {
+        s["__key__"]: s for t in ("t2v", "i2v") for s in read_latent_samples(latent_shard, t, h)
+    }
     t2v, i2v = samples["clip_0-t2v-0"], samples["clip_0-i2v-0"]
     assert t2v["latents"].shape == (48, 2, 4, 8) and t2v["history_latent_frames"] == 0
     hl = i2v["history_latent_frames"]
     assert 1 <= hl <= 2 and i2v["latents"].shape == (48, hl + 2, 4, 8)
     assert t2v["event_emb"].shape == (cfg.event_len, 32) and t2v["tiny_random"]
-    meta = json.loads(out.with_suffix(".json").read_text())
-    assert {r["task"] for r in meta["rows"]} == {"t2v", "i2v"}
+    assert {r["task"] for r in side["rows"]} == {"t2v", "i2v"}
+    stats = dataset_stats(out)
+    assert stats["count"] == 4 and stats["task_counts"] == {"i2v": 2, "t2v": 2}
+    # verify checks members, sha256 and json of latent samples (kind read from the index)
+    assert verify_dataset(out)["ok"] and verify_dataset(out)["kind"] == "latent"
+    assert write_encoded(cfg, out, str(shard), encoded, rejects)["rows"] == side["rows"]
+    assert len(indexed_shards(out)) == 1  # a rerun skips indexed keys: nothing doubles
+    with pytest.raises(ValueError, match="another config"):
+        read_latent_samples(latent_shard, "t2v", "other-hash")
 
     # the fast path: train from latent shards (no VAE or T5 per step)
     run_cfg = preset(
@@ -100,8 +118,9 @@ def test_encode_latents_job_on_ray_is_resumable(data_root, ray_local) -> None:
     ds = summary["datasets"]["sekai-real"]
     assert summary["encoded_now"] == 2 and ds["samples"] == 6 and ds["rejected"] == 2
     assert ds["by_task"] == {"t2v": 3, "i2v": 3} and summary["tiny_random"]
-    index = pq.read_table(data_root / "latents" / "sekai-real" / "index.parquet").to_pylist()
-    assert len({r["key"] for r in index}) == 6
+    index = pq.read_table(data_root / "latents" / "sekai-real" / "latents.parquet").to_pylist()
+    assert len({r["key"] for r in index}) == 6 and {r["task"] for r in index} == {"t2v", "i2v"}
+    assert verify_dataset(data_root / "latents" / "sekai-real", kind=LATENT_SAMPLE)["ok"]
     rejects = pq.read_table(data_root / "manifests" / "encode_latents.rejects.parquet").to_pylist()
     assert {(r["clip_id"], r["reason"]) for r in rejects} == {
         ("short", "no_t2v_window"),
@@ -153,3 +172,25 @@ def test_streams_come_from_the_index_skip_missing_tasks_and_fail_fast(data_root,
     short = preset("tiny", height=64, width=128, data_root=str(data_root), datasets={"shorty": 1})
     with pytest.raises(ValueError, match="no sample .* long enough"):
         shard_streams(short)
+
+
+def test_latent_stream_restores_at_its_position_without_replay(data_root, tmp_path) -> None:
+    """A latent stream saved mid-epoch continues with the same samples from its position
+    (epoch, shard, index), across epochs, without replaying the consumed ones."""
+    cfg = preset("tiny", height=64, width=128, data_root=str(data_root))
+    stage = EncodeShardStage(cfg.to_dict())
+    out = tmp_path / "sekai-real"
+    for shard in sorted((data_root / "shards" / "sekai-real").glob("*.tar")):
+        write_encoded(cfg, out, str(shard), *stage.process(str(shard)))
+    shards = indexed_shards(out)
+    assert len(shards) == 2
+    factory = latent_shard_source(shards, "t2v", latent_config_hash(cfg))
+    s = Stream(factory, 5)
+    first = [s.next()["__key__"] for _ in range(4)]  # 3 samples per epoch: into epoch 2
+    state = s.state_dict()
+    assert state["position"]["epoch"] == 1 and state["consumed"] == 4
+    rest = [s.next()["__key__"] for _ in range(5)]
+    r = Stream(factory, 5)
+    r.load_state_dict(state)
+    assert [r.next()["__key__"] for _ in range(5)] == rest
+    assert sorted(first[:3]) == ["clip_0-t2v-0", "clip_1-t2v-0", "clip_2-t2v-0"]

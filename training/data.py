@@ -5,19 +5,18 @@ A *window sample* is what the shard reader yields (uint8 ``video`` (T,H,W,3), pe
 video and event text with ``latents`` (48, F, h, w) and ``event_emb`` (L_event, D); latent
 shards store exactly that, and ``Conditioner`` makes it on the fly from raw clip shards.
 
-Determinism: each stream is an iterator made from a seed; its position is the number of
-samples consumed, and resume re-creates it and skips that many. The mixture's choices come
+Determinism: each stream is an iterator made from a seed. A latent-shard stream's position
+is (epoch, shard, index) and resume restarts there; other streams' position is the number of
+samples consumed, and resume re-creates them and skips that many. The mixture's choices come
 from one numpy generator whose state is checkpointed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import logging
-import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,32 +27,51 @@ from tqdm import tqdm
 
 from model.text import ActionEmbeddingCache, TextEncoder
 from model.vae import STRIDE, VideoVAE
+from schemas.latents import LATENT_DONE_DIR
 from training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 StreamFactory = Callable[[int], Iterator[dict]]  # seed -> endless iterator of samples
+# (seed, position or None) -> endless iterator of (sample, position after it); marked by a
+# ``positioned = True`` attribute so Stream restores it without replay.
+PositionedFactory = Callable[[int, dict | None], Iterator[tuple[dict, dict]]]
 TASKS = ("t2v", "i2v")
 
 
 class Stream:
-    """An endless sample iterator whose position can be saved and restored."""
+    """An endless sample iterator whose position can be saved and restored.
 
-    def __init__(self, factory: StreamFactory, seed: int):
+    A plain factory is restored by replaying ``consumed`` samples (cost grows with the
+    position); a positioned factory (latent shards) restarts at the saved position."""
+
+    def __init__(self, factory: StreamFactory | PositionedFactory, seed: int):
         self.factory, self.seed = factory, seed
+        self.positioned = getattr(factory, "positioned", False)
         self.consumed = 0
-        self._it = factory(seed)
+        self.position: dict | None = None
+        self._it = self._start(None)
+
+    def _start(self, position: dict | None) -> Iterator:
+        return self.factory(self.seed, position) if self.positioned else self.factory(self.seed)
 
     def next(self) -> dict:
         self.consumed += 1
+        if self.positioned:
+            sample, self.position = next(self._it)
+            return sample
         return next(self._it)
 
-    def restore(self, consumed: int) -> None:
-        """Re-create the iterator and skip to ``consumed`` (cost grows with the position)."""
-        self._it = self.factory(self.seed)
-        for _ in range(consumed):
-            next(self._it)
-        self.consumed = consumed
+    def state_dict(self) -> dict:
+        return {"consumed": self.consumed, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        position = state.get("position")
+        self._it = self._start(position)
+        if not self.positioned or (position is None and state["consumed"]):
+            for _ in range(state["consumed"]):  # replay (a checkpoint without a position)
+                next(self._it)
+        self.consumed, self.position = state["consumed"], position
 
 
 def mixture_weight(weights: dict[str, float], dataset: str, task: str) -> float:
@@ -111,13 +129,15 @@ class Mixture:
     def state_dict(self) -> dict:
         return {
             "rng": self.rng.bit_generator.state,
-            "consumed": {f"{d}/{t}": s.consumed for (d, t), s in self.streams.items()},
+            "streams": {f"{d}/{t}": s.state_dict() for (d, t), s in self.streams.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore draws and stream positions (also from checkpoints with only counts)."""
         self.rng.bit_generator.state = state["rng"]
+        saved = state.get("streams") or {k: {"consumed": n} for k, n in state["consumed"].items()}
         for (d, t), s in self.streams.items():
-            s.restore(state["consumed"].get(f"{d}/{t}", 0))
+            s.load_state_dict(saved.get(f"{d}/{t}", {"consumed": 0}))
 
 
 # ---- sources ------------------------------------------------------------------------------
@@ -174,112 +194,69 @@ def clip_shard_source(urls: list[str], cfg: TrainConfig, task: str) -> StreamFac
     return factory
 
 
-LATENT_MEMBERS = ("latents.pth", "event_emb.pth", "json")
+def decode_latent_sample(key: str, members: dict[str, bytes], meta: dict) -> dict:
+    """A latent sample from its shard members (``meta`` is its parsed json)."""
+    return {
+        "__key__": key,
+        "latents": torch.load(io.BytesIO(members["latents.pth"])).float(),  # (48, F, h, w)
+        "event_emb": torch.load(io.BytesIO(members["event_emb.pth"])).float(),  # (Le, D)
+        "history_latent_frames": int(meta["history_latent_frames"]),
+        "history_starts_at_first_frame": bool(meta["history_starts_at_first_frame"]),
+        "keys": np.asarray(meta["keys"], dtype=np.int64),
+        "mouse": np.asarray(meta["mouse"], dtype=np.int64),
+        "task": meta["task"],
+        "source": meta["source"],
+        "tiny_random": bool(meta["tiny_random"]),
+    }
 
 
-def _tensor_bytes(t: torch.Tensor) -> bytes:
-    buf = io.BytesIO()
-    torch.save(t.contiguous().clone(), buf)
-    return buf.getvalue()
+def read_latent_samples(shard: str | Path, task: str, config_hash: str) -> list[dict]:
+    """The ``task`` samples of one latent shard in file order (only those are decoded).
 
+    A sample encoded with another config (json ``config_hash``) is an error."""
+    from curation.shards import iter_shard
 
-def write_latent_shard(path: str | Path, samples: list[dict], extra_meta: dict) -> list[dict]:
-    """Write latent samples as a WebDataset tar (temporary name, then rename).
-
-    Members per sample: ``<key>.latents.pth`` (48, F, h, w) float16, ``<key>.event_emb.pth``
-    (Le, D) float16, ``<key>.json``. Returns one index row per sample.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    rows = []
-    with tarfile.open(tmp, "w") as tar:
-        for s in samples:
-            meta = {
-                "key": s["__key__"],
-                "task": s["task"],
-                "source": s["source"],
-                "history_latent_frames": int(s["history_latent_frames"]),
-                "history_starts_at_first_frame": bool(s["history_starts_at_first_frame"]),
-                "keys": np.asarray(s["keys"]).tolist(),
-                "mouse": np.asarray(s["mouse"]).tolist(),
-                "latent_shape": list(s["latents"].shape),
-                "tiny_random": bool(s["tiny_random"]),
-                **extra_meta,
-            }
-            data = {
-                "latents.pth": _tensor_bytes(s["latents"].half()),
-                "event_emb.pth": _tensor_bytes(s["event_emb"].half()),
-                "json": json.dumps(meta, sort_keys=True).encode(),
-            }
-            for ext in LATENT_MEMBERS:
-                info = tarfile.TarInfo(f"{s['__key__']}.{ext}")
-                info.size, info.mode = len(data[ext]), 0o644
-                tar.addfile(info, io.BytesIO(data[ext]))
-            rows.append(
-                {
-                    "key": s["__key__"],
-                    "shard": path.name,
-                    "task": s["task"],
-                    "source": s["source"],
-                    "latent_frames": int(s["latents"].shape[1]),
-                    "history_latent_frames": int(s["history_latent_frames"]),
-                    "tiny_random": bool(s["tiny_random"]),
-                    "sha256": hashlib.sha256(data["latents.pth"]).hexdigest(),
-                }
-            )
-    tmp.replace(path)
-    return rows
-
-
-def read_latent_shard(path: str | Path) -> list[dict]:
-    """All latent samples of one latent shard (members ``<key>.latents.pth``,
-    ``<key>.event_emb.pth``, ``<key>.json``), in file order."""
-    members: dict[str, dict] = {}
-    with tarfile.open(path) as tar:
-        for m in tar:
-            if not m.isfile():
-                continue
-            key, ext = m.name.split(".", 1)
-            data = tar.extractfile(m).read()
-            members.setdefault(key, {})[ext] = data
     out = []
-    for key, parts in members.items():
-        meta = json.loads(parts["json"])
-        out.append(
-            {
-                "__key__": key,
-                "latents": torch.load(io.BytesIO(parts["latents.pth"])).float(),
-                "event_emb": torch.load(io.BytesIO(parts["event_emb.pth"])).float(),
-                "history_latent_frames": int(meta["history_latent_frames"]),
-                "history_starts_at_first_frame": bool(meta["history_starts_at_first_frame"]),
-                "keys": np.asarray(meta["keys"], dtype=np.int64),
-                "mouse": np.asarray(meta["mouse"], dtype=np.int64),
-                "task": meta["task"],
-                "source": meta["source"],
-                "tiny_random": bool(meta["tiny_random"]),
-            }
-        )
+    for key, members in iter_shard(shard):
+        meta = json.loads(members["json"])
+        if meta["config_hash"] != config_hash:
+            raise ValueError(
+                f"{shard}:{key}: encoded with another config (hash {meta['config_hash']}, "
+                f"this run {config_hash})"
+            )
+        if meta["task"] == task:
+            out.append(decode_latent_sample(key, members, meta))
     return out
 
 
-def latent_shard_source(shards: list[Path], task: str) -> StreamFactory:
+def latent_shard_source(shards: list[Path], task: str, config_hash: str) -> PositionedFactory:
     """Endless epochs over latent shards: shard order and in-shard order shuffled per epoch.
 
+    Orders come from generators seeded by (seed, epoch) and (seed, epoch, shard position),
+    so a position {epoch, shard, index} restores by reading one shard, never by replay.
     An epoch without a single ``task`` sample is an error (not an endless loop)."""
 
-    def factory(seed: int) -> Iterator[dict]:
-        rng = np.random.default_rng(seed)
+    def factory(seed: int, position: dict | None) -> Iterator[tuple[dict, dict]]:
+        pos = position or {"epoch": 0, "shard": 0, "index": 0, "shards": len(shards)}
+        if pos["shards"] != len(shards):
+            raise ValueError(f"checkpoint saw {pos['shards']} {task} shards, now {len(shards)}")
+        epoch, start, skip = pos["epoch"], pos["shard"], pos["index"]
         while True:
+            order = np.random.default_rng([seed, epoch]).permutation(len(shards))
             found = False
-            for i in rng.permutation(len(shards)):
-                samples = [s for s in read_latent_shard(shards[i]) if s["task"] == task]
+            for p in range(start, len(shards)):
+                samples = read_latent_samples(shards[order[p]], task, config_hash)
                 found |= bool(samples)
-                for j in rng.permutation(len(samples)):
-                    yield samples[j]
-            if not found:
+                perm = np.random.default_rng([seed, epoch, p]).permutation(len(samples))
+                for j in range(skip, len(samples)):
+                    after = {"epoch": epoch, "shard": p, "index": j + 1, "shards": len(shards)}
+                    yield samples[perm[j]], after
+                skip = 0
+            if not found and start == 0:
                 raise ValueError(f"no {task} samples in latent shards {shards[:3]}...")
+            epoch, start = epoch + 1, 0
 
+    factory.positioned = True  # Stream restores it at a position
     return factory
 
 
@@ -308,20 +285,25 @@ def clip_shards_by_task(folder: Path, cfg: TrainConfig) -> dict[str, list[str]]:
 
 
 def latent_shards_by_task(folder: Path, cfg: TrainConfig) -> dict[str, list[str]]:
-    """Finished latent shards (those with a sidecar) per task they hold, after checking that
-    they were encoded with this config's size, frames and encoders."""
-    out: dict[str, list[str]] = {t: [] for t in TASKS}
+    """Indexed latent shards per task they hold (their stats files' task counts), after
+    checking the encoder's done records were made with this config's size, frames and
+    encoders."""
+    from curation.shards import LATENT_SAMPLE, indexed_shards, shard_summary
+
     want = latent_config_hash(cfg)
-    for sidecar in sorted(folder.glob("*.json")):
-        side = json.loads(sidecar.read_text())
-        if side.get("config_hash") != want:
+    for done in sorted((folder / LATENT_DONE_DIR).glob("*.json")):
+        got = json.loads(done.read_text()).get("config_hash")
+        if got != want:
             raise ValueError(
-                f"{sidecar}: latent shard encoded with another config (hash "
-                f"{side.get('config_hash')}, this run {want}: {latent_config(cfg)}); "
-                "re-encode with `jobs.encode_latents` into a fresh folder"
+                f"{done}: latent shard encoded with another config (hash {got}, this run "
+                f"{want}: {latent_config(cfg)}); re-encode with `jobs.encode_latents` into a "
+                "fresh folder"
             )
-        for t in {r["task"] for r in side["rows"]}:
-            out[t].append(str(folder / side["shard"]))
+    out: dict[str, list[str]] = {t: [] for t in TASKS}
+    for url in indexed_shards(folder):
+        for t, n in shard_summary(url, LATENT_SAMPLE)["task_counts"].items():
+            if n:
+                out[t].append(url)
     return out
 
 
@@ -357,7 +339,9 @@ def shard_streams(cfg: TrainConfig, rank: int = 0) -> dict[tuple[str, str], Stre
             if task not in usable:
                 continue
             if cfg.latents:
-                factory = latent_shard_source([Path(u) for u in by_task[task]], task)
+                factory = latent_shard_source(
+                    [Path(u) for u in by_task[task]], task, latent_config_hash(cfg)
+                )
             else:
                 factory = clip_shard_source(by_task[task], cfg, task)
             seed = cfg.seed * 1_000_003 + rank * 1009 + k * 31 + j
