@@ -96,3 +96,34 @@ def test_fusion_runs_in_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = fusion(x, z, rx, rz)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def test_rope_tables_and_rotation_match_diffusers_wan_attention():
+    """An independent reference: diffusers' WanRotaryPosEmbed tables and WanAttnProcessor's
+    rotation. Our tables for the integer (t, h, w) grid must equal diffusers', and attention
+    over q, k rotated by our apply_rope must equal diffusers' Wan self-attention."""
+    from diffusers.models.transformers.transformer_wan import (
+        WanAttention,
+        WanAttnProcessor,
+        WanRotaryPosEmbed,
+    )
+
+    heads, d, (f, h, w) = 2, 24, (3, 4, 5)
+    torch.manual_seed(0)
+    latents = torch.zeros(1, 4, f, 2 * h, 2 * w)  # patch (1, 2, 2) -> an f x h x w token grid
+    ref_cos, ref_sin = WanRotaryPosEmbed(d, (1, 2, 2), max_seq_len=64)(latents)
+    grid = torch.stack(torch.meshgrid(*map(torch.arange, (f, h, w)), indexing="ij"), -1)
+    cos, sin = rope_cos_sin(grid.reshape(-1, 3), d)  # (1, N, 1, d)
+    torch.testing.assert_close((cos, sin), (ref_cos.float(), ref_sin.float()), rtol=0, atol=0)
+
+    attn = WanAttention(heads * d, heads=heads, dim_head=d, processor=WanAttnProcessor()).double()
+    x = torch.randn(1, f * h * w, heads * d, dtype=torch.float64)
+    with torch.no_grad():
+        ref = attn(x, rotary_emb=(ref_cos.double(), ref_sin.double()))
+        q = attn.norm_q(attn.to_q(x)).unflatten(2, (heads, -1))  # (B, N, H, d)
+        k = attn.norm_k(attn.to_k(x)).unflatten(2, (heads, -1))
+        v = attn.to_v(x).unflatten(2, (heads, -1))
+        qr, kr = (apply_rope(t, cos.double(), sin.double()).transpose(1, 2) for t in (q, k))
+        out = F.scaled_dot_product_attention(qr, kr, v.transpose(1, 2)).transpose(1, 2)
+        ours = attn.to_out[0](out.flatten(2))
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
