@@ -32,6 +32,7 @@ Per prediction block the token sequence is ``[history tokens ; prediction tokens
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -97,6 +98,18 @@ def rope_cos_sin(
     cos = ang.cos().float()[None, :, None].to(device)
     sin = ang.sin().float()[None, :, None].to(device)
     return cos, sin
+
+
+@functools.lru_cache(maxsize=8)
+def prediction_rope(
+    grid: tuple[int, int, int], head_dim: int, device: torch.device, theta: float = 10000.0
+) -> Rope:
+    """rope_cos_sin of the prediction token grid (Fp, H/2, W/2), cached per (grid, head
+    dim, device): it is the same on every forward and every Euler step, so it is built in
+    float64 on the CPU and copied to the device once. Callers must not modify the tables.
+    History tables depend on the selected frames and are built per call."""
+    pos = grid_positions(torch.arange(grid[0]), grid[1:], (1.0, 1.0))  # (Np, 3)
+    return rope_cos_sin(pos, head_dim, theta, device)
 
 
 def select_history(
@@ -458,11 +471,11 @@ class TSCMTransformer(WanTransformer3DModel):
         x = self.patch_embedding(hidden_states)
         grid = tuple(x.shape[2:])  # (Fp, H/2, W/2)
         x = x.flatten(2).transpose(1, 2).contiguous()
-        pos_pred = grid_positions(torch.arange(grid[0]), grid[1:], (1.0, 1.0))  # (Np, 3)
 
         num_history = 0
         ts_seq_len = None
-        positions = pos_pred
+        head_dim = self.config.attention_head_dim
+        rotary_emb = prediction_rope(grid, head_dim, device)  # 2 x (1, Np, 1, d)
         if history is not None:
             history_frame_ids = self._check_history(history, history_frame_ids, hidden_states)
             attn_history, attn_ids = history, history_frame_ids
@@ -476,19 +489,21 @@ class TSCMTransformer(WanTransformer3DModel):
             )  # (B, Nh, D), (Nh, 3)
             num_history = hist_tokens.shape[1]
             x = torch.cat([hist_tokens.to(x.dtype), x], dim=1)  # (B, Nh + Np, D)
-            positions = torch.cat([pos_hist, pos_pred])
+            hist_rope = rope_cos_sin(pos_hist, head_dim, device=device)  # 2 x (1, Nh, 1, d)
+            rotary_emb = tuple(
+                torch.cat(ab, dim=1) for ab in zip(hist_rope, rotary_emb, strict=True)
+            )
             # per-token timesteps by segment: history clean (0), prediction `timestep`
             timestep = torch.stack([torch.zeros_like(timestep), timestep], dim=1).flatten()
             ts_seq_len = 2
-        rotary_emb = rope_cos_sin(positions, self.config.attention_head_dim, device=device)
 
         linear_rope = z_linear = None
         if self.linear_patch_embedding is not None:
             z_linear, pos_z = self._channel_tokens(history, history_frame_ids, batch, device)
-            head_dim = self.config.linear_channels // self.config.linear_heads
+            linear_dim = self.config.linear_channels // self.config.linear_heads
             linear_rope = (
-                rope_cos_sin(pos_pred, head_dim, device=device),
-                rope_cos_sin(pos_z, head_dim, device=device),
+                prediction_rope(grid, linear_dim, device),
+                rope_cos_sin(pos_z, linear_dim, device=device),
             )
 
         temb, timestep_proj, encoder_hidden_states, _ = self.condition_embedder(

@@ -281,3 +281,25 @@ def test_select_history_keeps_first_recent_and_one_per_window(frames, every, see
     assert len(far) == -(-n_far // every)  # one per window of `every` far frames
     same = select_history(frames, torch.Generator().manual_seed(seed), sample_every=every)
     assert torch.equal(idx, same)
+
+
+def test_cached_prediction_rope_gives_identical_outputs(models, monkeypatch):
+    """The prediction-grid RoPE cache changes nothing: with history and a non-zero fusion
+    branch, outputs equal those of a forward that rebuilds every table; a repeat hits it."""
+    import model.tscm as tscm_module
+
+    tscm = copy.deepcopy(models[0])
+    torch.manual_seed(2)
+    for block in tscm.blocks:
+        torch.nn.init.normal_(block.channel_fusion.up.weight, std=0.1)  # linear attention counts
+    x, t, text, history, ids = _inputs(batch=1, hist=5)
+
+    def run():
+        with torch.no_grad():
+            return tscm(x, t, text, history=history, history_frame_ids=ids)[0]
+
+    tscm_module.prediction_rope.cache_clear()
+    cached, again = run(), run()
+    assert tscm_module.prediction_rope.cache_info().hits >= 2  # attention and fusion tables
+    monkeypatch.setattr(tscm_module, "prediction_rope", tscm_module.prediction_rope.__wrapped__)
+    assert torch.equal(cached, again) and torch.equal(cached, run())
