@@ -26,12 +26,13 @@ from curation.shards import (
 from schemas.actions import KEYS, MOUSE
 
 
-def dataset_dirs(root: str | Path) -> tuple[list[Path], Path]:
-    """The dataset folders under ``root`` and the reports folder for them."""
+def dataset_dirs(root: str | Path, latents: bool = False) -> tuple[list[Path], Path]:
+    """The dataset folders under ``root`` (and its latent datasets if asked) and the reports folder."""
     root = Path(root)
-    if (root / "shards").is_dir():
-        dirs = sorted(d for d in (root / "shards").iterdir() if d.is_dir())
-        return dirs, root / "reports"
+    tops = ["shards", "latents"] if latents else ["shards"]
+    if any((root / top).is_dir() for top in tops):
+        dirs = [d for top in tops if (root / top).is_dir() for d in sorted((root / top).iterdir())]
+        return [d for d in dirs if d.is_dir()], root / "reports"
     if (root / INDEX_NAME).exists() or any(root.glob("*.tar")):
         reports = root.parent.parent if root.parent.name == "shards" else root
         return [root], reports / "reports"
@@ -59,7 +60,7 @@ def run_verify(
     root: str | Path, decode: str = "ends", workers: int = 1, report_path: Path | None = None
 ) -> dict:
     """Verify every dataset under ``root``; print a table; write the JSON report."""
-    dirs, reports = dataset_dirs(root)
+    dirs, reports = dataset_dirs(root, latents=True)
     with _pool(workers) as map_fn:
         datasets = [verify_dataset(d, decode=decode, map_fn=map_fn) for d in dirs]
     report = {
@@ -72,7 +73,7 @@ def run_verify(
     atomic_write_json(report_path, report)
     rows = [
         [
-            d["dataset"],
+            d["dataset"] if d.get("kind", "clip") == "clip" else f"{d['dataset']} ({d['kind']})",
             d["shards"],
             d["samples_indexed"],
             d["samples_checked"],
@@ -148,7 +149,7 @@ def run_stats(root: str | Path) -> dict:
     _plot(stats, reports / "shards_stats.png")
     rows = [
         [
-            d["dataset"],
+            d["dataset"] if d.get("kind", "clip") == "clip" else f"{d['dataset']} ({d['kind']})",
             d["shards"],
             d["count"],
             f"{d['hours']:.3f}",

@@ -17,6 +17,7 @@ from curation.shards import (
     write_shards,
 )
 from jobs.encode_latents import EncodeShardStage, run, write_encoded
+from jobs.shards import run_verify
 from model.vae import VideoVAE, latent_shape
 from tests.test_shards import make_mp4, make_sample
 from training.config import preset
@@ -121,6 +122,8 @@ def test_encode_latents_job_on_ray_is_resumable(data_root, ray_local) -> None:
     index = pq.read_table(data_root / "latents" / "sekai-real" / "latents.parquet").to_pylist()
     assert len({r["key"] for r in index}) == 6 and {r["task"] for r in index} == {"t2v", "i2v"}
     assert verify_dataset(data_root / "latents" / "sekai-real", kind=LATENT_SAMPLE)["ok"]
+    report = run_verify(data_root, report_path=data_root / "reports" / "verify-all.json")
+    assert report["ok"] and sorted(d["kind"] for d in report["datasets"]) == ["clip", "latent"]
     rejects = pq.read_table(data_root / "manifests" / "encode_latents.rejects.parquet").to_pylist()
     assert {(r["clip_id"], r["reason"]) for r in rejects} == {
         ("short", "no_t2v_window"),
