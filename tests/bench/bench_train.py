@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from curation.shards import indexed_shards, write_shards
-from jobs.encode_latents import EncodeShardStage
+from jobs.encode_latents import EncodeShardStage, write_encoded
 from tests.test_shards import make_mp4, make_sample
 from training.config import preset
 from training.train_base import train
@@ -36,10 +36,10 @@ def main() -> dict:
         stage = EncodeShardStage(cfg.to_dict())
         t0 = time.perf_counter()
         n = 0
-        for tar in map(Path, indexed_shards(root / "shards" / "sekai-real")):
-            n += len(
-                stage.process(str(tar), str(root / "latents" / "sekai-real" / tar.name))["rows"]
-            )
+        for tar in indexed_shards(root / "shards" / "sekai-real"):
+            encoded, rejects = stage.process(str(tar))
+            out = root / "latents" / "sekai-real"
+            n += len(write_encoded(cfg, out, str(tar), encoded, rejects)["rows"])
         encode_s = time.perf_counter() - t0
 
         common = dict(data_root=str(root), steps=STEPS, val_every=0, ckpt_every=10_000)
