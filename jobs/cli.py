@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 app = typer.Typer(
-    help="Build Yume-1.5 training data: Sekai actions, clips, shards, captions, synthetic video.",
+    help="Build Yume-1.5 training data: Sekai action tokens, video clips and WebDataset shards.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -233,7 +233,7 @@ def clips(
 # ---- shards ----------------------------------------------------------------------------------
 shards_app = typer.Typer(
     help="WebDataset shards (shards/<dataset>/<dataset>-%06d.tar + index.parquet): "
-    "write staged samples, verify every byte and frame, summarise.",
+    "write staged samples, verify them against their index and schema, summarise.",
     no_args_is_help=True,
 )
 app.add_typer(shards_app, name="shards")
