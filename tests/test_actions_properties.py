@@ -39,6 +39,13 @@ def random_rigid(rng: np.random.Generator) -> np.ndarray:
     return g
 
 
+def spelled_label(z, x, ax, ay, t: float = 0.0, r: float = 0.0) -> tuple[str, str]:
+    """DESIGN.md's label rule written out literally, from signed camera-frame motion."""
+    keys = [n for n, on in (("W", z > t), ("S", z < -t), ("D", x > t), ("A", x < -t)) if on]
+    mouse = [n for n, on in (("↑", ax > r), ("↓", ax < -r), ("→", ay > r), ("←", ay < -r)) if on]
+    return "+".join(keys) or "None", "".join(mouse) or "·"
+
+
 speed = st.floats(2e-4, 5e-3)
 turn = st.floats(2e-3, 2e-2)
 
@@ -73,20 +80,7 @@ def test_yaw_right_is_right_arrow_and_pitch_up_is_up_arrow(r):
 )
 def test_combinations_follow_the_vocabulary_order(fwd, side, pitch, yaw, v, r):
     keys, mouse = label_frames(constant_motion(30, (side * v, 0, fwd * v), (pitch * r, yaw * r, 0)))
-    want_keys = (
-        "+".join(
-            k for k, on in (("W", fwd > 0), ("S", fwd < 0), ("D", side > 0), ("A", side < 0)) if on
-        )
-        or "None"
-    )
-    want_mouse = (
-        "".join(
-            m
-            for m, on in (("↑", pitch > 0), ("↓", pitch < 0), ("→", yaw > 0), ("←", yaw < 0))
-            if on
-        )
-        or "·"
-    )
+    want_keys, want_mouse = spelled_label(fwd, side, pitch, yaw)
     assert set(keys) == {want_keys} and set(mouse) == {want_mouse}
 
 
@@ -119,37 +113,10 @@ def test_vectorised_labels_equal_the_literal_per_pair_algorithm(seed):
     """One 4x4 inverse and one scipy Euler conversion per pair, as DESIGN.md states it."""
     clip = synth_trajectory(np.random.default_rng(seed), 120)
     keys, mouse = label_frames(clip.c2w)
-    t_thr, r_thr = 1e-4, 1e-3
     for i in range(len(clip.c2w) - 1):
         rel = np.linalg.inv(clip.c2w[i].astype(np.float64)) @ clip.c2w[i + 1]
         ax, ay, _ = Rotation.from_matrix(rel[:3, :3]).as_euler("xyz")
-        x, z = rel[0, 3], rel[2, 3]
-        k = (
-            "+".join(
-                n
-                for n, on in (
-                    ("W", z > t_thr),
-                    ("S", z < -t_thr),
-                    ("D", x > t_thr),
-                    ("A", x < -t_thr),
-                )
-                if on
-            )
-            or "None"
-        )
-        m = (
-            "".join(
-                n
-                for n, on in (
-                    ("↑", ax > r_thr),
-                    ("↓", ax < -r_thr),
-                    ("→", ay > r_thr),
-                    ("←", ay < -r_thr),
-                )
-                if on
-            )
-            or "·"
-        )
+        k, m = spelled_label(rel[2, 3], rel[0, 3], ax, ay, t=1e-4, r=1e-3)
         assert (keys[i], mouse[i]) == (k, m), i
 
 
