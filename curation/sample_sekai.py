@@ -180,7 +180,7 @@ def write_sample_release(
         truth.append(
             {"clip_id": clip_id, "keys": clip.keys, "mouse": clip.mouse, "resets": clip.resets}
         )
-    expected_bad = _write_corrupt(out, rng, rows) if corrupt else {}
+    expected_bad = _write_corrupt(out, rows) if corrupt else {}
     csv = pd.DataFrame(rows).to_csv(index=False).encode()
     atomic_write_bytes(out / "sekai.csv", csv)
     gt = pa.table(
@@ -203,7 +203,7 @@ def write_sample_release(
     return info
 
 
-def _write_corrupt(out: Path, rng: np.random.Generator, rows: list[dict]) -> dict[str, int]:
+def _write_corrupt(out: Path, rows: list[dict]) -> dict[str, int]:
     """One bad input of each kind, plus a duplicate CSV row; returns {reason: count}."""
     good = np.tile(np.eye(4, dtype=np.float32), (60, 1, 1))
     good[:, 2, 3] = np.arange(60) * 2e-3
