@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from curation.manifest import atomic_write_bytes, atomic_write_json  # noqa: E402
+from curation.manifest import atomic_write_bytes  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, path: str | Path) -> Path:
@@ -23,11 +23,16 @@ def save_figure(fig: plt.Figure, path: str | Path) -> Path:
     return Path(path)
 
 
-def heatmap(
-    counts: np.ndarray, rows: list[str], cols: list[str], title: str, xlabel: str, ylabel: str
-) -> plt.Figure:
-    """A labelled count heat map (counts[i, j] for rows[i], cols[j])."""
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(cols), 1.0 + 0.5 * len(rows)))
+def draw_heatmap(
+    ax: plt.Axes,
+    counts: np.ndarray,
+    rows: list[str],
+    cols: list[str],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+) -> None:
+    """A labelled count heat map (counts[i, j] for rows[i], cols[j]) on ``ax``."""
     im = ax.imshow(counts, cmap="viridis")
     ax.set_xticks(range(len(cols)), cols)
     ax.set_yticks(range(len(rows)), rows)
@@ -40,7 +45,15 @@ def heatmap(
                 ax.text(
                     j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=7, color=color
                 )
-    fig.colorbar(im, ax=ax, shrink=0.8)
+    ax.figure.colorbar(im, ax=ax, shrink=0.8)
+
+
+def heatmap(
+    counts: np.ndarray, rows: list[str], cols: list[str], title: str, xlabel: str, ylabel: str
+) -> plt.Figure:
+    """A figure holding one ``draw_heatmap``."""
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(cols), 1.0 + 0.5 * len(rows)))
+    draw_heatmap(ax, counts, rows, cols, title, xlabel, ylabel)
     return fig
 
 
@@ -49,7 +62,3 @@ def histogram(values: np.ndarray, title: str, xlabel: str, bins: int = 40) -> pl
     ax.hist(values, bins=bins, color="#3b7dd8")
     ax.set(title=title, xlabel=xlabel, ylabel="count")
     return fig
-
-
-def write_summary(path: str | Path, summary: dict) -> None:
-    atomic_write_json(path, summary)

@@ -28,8 +28,9 @@ from curation.action_stage import (
     done_clip_ids,
     stale_config,
 )
+from curation.manifest import atomic_write_json
 from curation.provenance import provenance
-from curation.reports import heatmap, histogram, save_figure, write_summary
+from curation.reports import heatmap, histogram, save_figure
 from curation.sekai import dedupe, discover_segments, discover_sekai, discover_trajectories
 from jobs.runtime import init_ray
 from schemas.actions import KEYS, MOUSE
@@ -193,7 +194,7 @@ def write_report(root: Path, tables: dict[str, pa.Table], summary: dict) -> None
         reports / "actions_segment_length.png",
     )
     summary["plots"] = ["actions_keys_mouse.png", "actions_segment_length.png"]
-    write_summary(reports / "actions.json", summary)
+    atomic_write_json(reports / "actions.json", summary)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -97,11 +97,10 @@ def run_verify(
 
 
 def _plot(stats: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+
+    from curation.reports import draw_heatmap, save_figure
 
     total = stats["total"]
     grid = np.zeros((len(KEYS), len(MOUSE)))
@@ -109,14 +108,9 @@ def _plot(stats: dict, path: Path) -> None:
         k, m = label.split("|")
         grid[KEYS.index(k), MOUSE.index(m)] = n
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    ax = axes[0, 0]
-    im = ax.imshow(grid, cmap="viridis")
-    ax.set_xticks(range(len(MOUSE)), MOUSE)
-    ax.set_yticks(range(len(KEYS)), KEYS)
-    ax.set_xlabel("mouse")
-    ax.set_ylabel("keys")
-    ax.set_title("action frames (keys x mouse)")
-    fig.colorbar(im, ax=ax)
+    draw_heatmap(
+        axes[0, 0], grid, list(KEYS), list(MOUSE), "action frames (keys x mouse)", "mouse", "keys"
+    )
     for ax, field, title in [
         (axes[0, 1], "source_counts", "samples per source"),
         (axes[1, 0], "fps_counts", "samples per fps"),
@@ -131,9 +125,7 @@ def _plot(stats: dict, path: Path) -> None:
     note += f" - {generated} generated videos (not real footage)" if generated else ""
     fig.suptitle(f"{total['count']} samples, {total['hours']:.2f} h{note}")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run_stats(root: str | Path) -> dict:
