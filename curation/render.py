@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from curation.video import H264Writer
+from curation.video import write_mp4
 
 GROUND_Y = 0.03  # ground plane height below the identity camera (y is down)
 CELL = 0.05  # ground checker size
@@ -213,13 +213,5 @@ def render_clip(
     ``intrinsic`` is 3x3 in pixels for a 1920x1080 frame and is scaled to ``size`` (w, h).
     The file appears atomically (written under a temporary name, then renamed).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with H264Writer(tmp, fps, size[0], size[1], crf=crf, preset=preset, threads=1) as out:
-            for frame in iter_render_frames(c2w, intrinsic, size):
-                out.write(frame)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    frames = iter_render_frames(c2w, intrinsic, size)
+    write_mp4(path, frames, fps, size[0], size[1], crf=crf, preset=preset)

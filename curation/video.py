@@ -7,7 +7,7 @@ because the clips stage re-times action tokens with the very same function.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
@@ -88,6 +88,29 @@ class H264Writer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def write_mp4(
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    fps: float,
+    width: int,
+    height: int,
+    crf: int = 23,
+    preset: str = "veryfast",
+    threads: int = 1,
+) -> None:
+    """Encode RGB frames (each (H, W, 3) or (T, H, W, 3)) to ``path``, which appears atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with H264Writer(tmp, fps, width, height, crf=crf, preset=preset, threads=threads) as out:
+            for frame in frames:
+                out.write(frame)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ---- frame-rate resampling --------------------------------------------------------------

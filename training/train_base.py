@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from curation.manifest import atomic_write_json
 from curation.provenance import code_version
-from curation.video import H264Writer
+from curation.video import write_mp4
 from model import flow
 from model.text import ActionEmbeddingCache, TextEncoder, encoder_id
 from model.tscm import TSCMTransformer, select_history
@@ -109,11 +109,8 @@ def sample_block(
 
 
 def write_video(path: Path, video: torch.Tensor, fps: float = 16.0) -> None:
-    """uint8 (T, H, W, 3) -> H.264 mp4, via a temporary name."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f, H264Writer(f, fps, video.shape[2], video.shape[1]) as w:
-        w.write(video.numpy())
-    tmp.replace(path)
+    """uint8 (T, H, W, 3) -> H.264 mp4, written atomically."""
+    write_mp4(path, [video.numpy()], fps, width=video.shape[2], height=video.shape[1])
 
 
 def stored_action_cache(path: Path, cfg: TrainConfig) -> ActionEmbeddingCache | None:
