@@ -15,6 +15,14 @@ import numpy as np
 
 from schemas.actions import KEY_CODE, KEYS, MOUSE, MOUSE_CODE
 
+# The action phrase sets and their text are a contract; re-exported from schemas.actions.
+from schemas.actions import PHRASES as PHRASES
+from schemas.actions import YUME5B_KEYS as YUME5B_KEYS
+from schemas.actions import YUME5B_MOUSE as YUME5B_MOUSE
+from schemas.actions import YUME_KEYS as YUME_KEYS
+from schemas.actions import YUME_MOUSE as YUME_MOUSE
+from schemas.actions import action_text as action_text
+
 
 @dataclass(frozen=True)
 class LabelConfig:
@@ -264,74 +272,3 @@ def segment_speeds(c2w: np.ndarray, start: int, end: int, fps: float) -> tuple[f
     """Yume's speeds of one segment, frames start..end (see ``segment_speeds_batch``)."""
     d, t, v = segment_speeds_batch(c2w, np.array([start]), np.array([end]), fps)[0]
     return float(d), float(t), float(v)
-
-
-# Published phrase sets. Yume (Yume 1 data code) and Yume-5B (its later release).
-YUME_KEYS = {
-    "W": "Person moves forward (W).",
-    "A": "Person moves left (A).",
-    "S": "Person moves backward (S).",
-    "D": "Person moves right (D).",
-    "W+A": "Person moves forward and left (W+A).",
-    "W+D": "Person moves forward and right (W+D).",
-    "S+D": "Person moves backward and right (S+D).",
-    "S+A": "Person moves backward and left (S+A).",
-    "None": "Person stands still (·).",
-}
-YUME_MOUSE = {
-    "→": "Camera turns right (→).",
-    "←": "Camera turns left (←).",
-    "↑": "Camera tilts up (↑).",
-    "↓": "Camera tilts down (↓).",
-    "↑→": "Camera tilts up and turns right (↑→).",
-    "↑←": "Camera tilts up and turns left (↑←).",
-    "↓→": "Camera tilts down and turns right (↓→).",
-    "↓←": "Camera tilts down and turns left (↓←).",
-    "·": "Camera remains still (·).",
-}
-YUME5B_KEYS = {
-    "W": "The camera pushes forward (W).",
-    "A": "The camera moves to the left (A).",
-    "S": "The camera pulls back (S).",
-    "D": "The camera moves to the right (D).",
-    "W+A": "The camera pushes forward and moves to the left (W+A).",
-    "W+D": "The camera pushes forward and moves to the right (W+D).",
-    "S+A": "The camera pulls back and moves to the left (S+A).",
-    "S+D": "The camera pulls back and moves to the right (S+D).",
-    "None": "The camera's movement direction remains stationary (·).",
-}
-YUME5B_MOUSE = {
-    "→": "The camera pans to the right (→).",
-    "←": "The camera pans to the left (←).",
-    "↑": "The camera tilts up (↑).",
-    "↓": "The camera tilts down (↓).",
-    "↑→": "The camera tilts up and pans to the right (↑→).",
-    "↑←": "The camera tilts up and pans to the left (↑←).",
-    "↓→": "The camera tilts down and pans to the right (↓→).",
-    "↓←": "The camera tilts down and pans to the left (↓←).",
-    "·": "The rotation direction of the camera remains stationary (·).",
-}
-PHRASES = {"yume": (YUME_KEYS, YUME_MOUSE), "yume5b": (YUME5B_KEYS, YUME5B_MOUSE)}
-
-
-def _fmt(v: float) -> str:
-    return f"{round(float(v), 2):g}"
-
-
-def action_text(
-    keys: str,
-    mouse: str,
-    style: str = "yume",
-    speeds: tuple[float, float, float] | None = None,
-) -> str:
-    """The action description of one (keys, mouse) label, optionally with Yume's speed suffix."""
-    key_phrases, mouse_phrases = PHRASES[style]
-    text = key_phrases[keys] + mouse_phrases[mouse]
-    if speeds is not None:
-        distance, turn, view = speeds
-        text += (
-            f"Actual distance moved:{_fmt(distance)} at 100 meters per second."
-            f"Angular change rate (turn speed):{_fmt(turn)}."
-            f"View rotation speed:{_fmt(view)}."
-        )
-    return text

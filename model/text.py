@@ -6,23 +6,28 @@ vocabulary is finite (9 key states x 9 mouse states), so its embeddings are comp
 stored on disk and looked up per sample.
 
 Backends: a local UMT5 folder (production) or ``tiny-random``: a 2-layer UMT5 with d_model 32
-and a byte-level tokenizer defined here, so nothing is downloaded.
+and a byte-level tokenizer defined here, so nothing is downloaded. Registered as the
+``text_encoder`` backend families ``tiny-random`` and ``diffusers`` (a local Wan folder):
+``model.backends.load("text_encoder", spec, ...)`` equals ``TextEncoder.load(spec, ...)``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from safetensors.torch import load_file
 from transformers import UMT5Config, UMT5EncoderModel
 
-from curation.actions import action_text
-from curation.manifest import atomic_write_bytes, config_hash
-from schemas.actions import KEYS, MOUSE
+from model.backends import CORE, TINY_RANDOM, BackendSpec, register, resolve
+from schemas.actions import KEYS, MOUSE, action_text
 
 TINY_UMT5_CONFIG = dict(
     vocab_size=259,  # 3 specials + 256 bytes
@@ -79,11 +84,36 @@ class _HFTokenizer:
         return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
 
 
-def encoder_id(backend: str, seed: int = 0) -> str:
+def _config_hash(config: dict) -> str:
+    """Stable short hash of a JSON-able config (sha256 of sorted JSON, 12 hex digits)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` so readers see the old file or the whole new one: a temporary file in
+    the same folder, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def encoder_id(backend: str | BackendSpec, seed: int = 0) -> str:
     """The ``model_id`` a TextEncoder loaded from ``backend`` has (without loading it)."""
-    return f"tiny-random-umt5-s{seed}" if backend == "tiny-random" else backend
+    spec = resolve("text_encoder", backend)
+    return f"tiny-random-umt5-s{seed}" if spec.tiny_random else spec.path
 
 
+@register("text_encoder", "diffusers")
+@register("text_encoder", TINY_RANDOM)
 @dataclass
 class TextEncoder:
     """UMT5 encoder with fixed lengths for the event and the action sequences.
@@ -91,6 +121,8 @@ class TextEncoder:
     Wan uses 512 text tokens; here they are split 448 event + 64 action by default.
     Padded positions are zeroed, as Wan does, so the padding carries no signal.
     """
+
+    environment: ClassVar[str] = CORE
 
     model: UMT5EncoderModel
     tokenizer: ByteTokenizer | _HFTokenizer
@@ -105,7 +137,7 @@ class TextEncoder:
         subfolders) or a plain transformers folder. Never touches a hub."""
         from transformers import AutoTokenizer
 
-        root = Path(path)
+        root = Path(path).expanduser()
         enc_dir = root / "text_encoder" if (root / "text_encoder").is_dir() else root
         tok_dir = root / "tokenizer" if (root / "tokenizer").is_dir() else root
         model = UMT5EncoderModel.from_pretrained(enc_dir, local_files_only=True)
@@ -135,13 +167,22 @@ class TextEncoder:
         )
 
     @classmethod
-    def load(cls, backend: str, seed: int = 0, **lengths: int) -> TextEncoder:
-        """``backend`` is ``tiny-random`` or a local path."""
-        return (
-            cls.tiny(seed, **lengths)
-            if backend == "tiny-random"
-            else cls.from_pretrained(backend, **lengths)
-        )
+    def from_spec(cls, spec: BackendSpec, seed: int = 0, **lengths: int) -> TextEncoder:
+        """A resolved ``text_encoder`` spec: family ``tiny-random`` or ``diffusers``."""
+        if spec.tiny_random:
+            return cls.tiny(seed, **lengths)
+        if spec.family != "diffusers":
+            raise ValueError(f"TextEncoder loads tiny-random or a diffusers folder, not {spec}")
+        return cls.from_pretrained(spec.path, **lengths)
+
+    @classmethod
+    def load(cls, backend: str | BackendSpec, seed: int = 0, **lengths: int) -> TextEncoder:
+        """``backend`` is ``tiny-random`` or a local path (``diffusers:<path>`` too)."""
+        return cls.from_spec(resolve("text_encoder", backend), seed, **lengths)
+
+    @property
+    def family(self) -> str:
+        return TINY_RANDOM if self.tiny_random else "diffusers"
 
     @property
     def dim(self) -> int:
@@ -210,7 +251,7 @@ class ActionEmbeddingCache:
 
     @staticmethod
     def key_for(encoder: TextEncoder, style: str) -> str:
-        return config_hash(
+        return _config_hash(
             {"encoder": encoder.identity(), "style": style, "texts": action_vocabulary(style)}
         )
 
@@ -234,7 +275,7 @@ class ActionEmbeddingCache:
         data = save_bytes(
             {"embeddings": self.embeddings.contiguous()}, {"meta": json.dumps(self.meta)}
         )
-        atomic_write_bytes(path, data)
+        _atomic_write_bytes(path, data)
 
     @classmethod
     def load(cls, path: str | Path) -> ActionEmbeddingCache:

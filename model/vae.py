@@ -4,15 +4,21 @@ Production loads the Wan2.2 VAE (z_dim 48, stride (4, 16, 16)) from a local path
 ``tiny-random`` builds the same class and architecture family (residual, patch size 2,
 z_dim 48, stride (4, 16, 16)) with a small width and random weights: it runs the real code
 path with no download, and everything it encodes is labelled tiny-random.
+
+Registered as the ``vae`` backend families ``tiny-random`` and ``diffusers`` (a local Wan
+folder): ``model.backends.load("vae", spec)`` equals ``VideoVAE.load(spec)``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from diffusers import AutoencoderKLWan
+
+from model.backends import CORE, TINY_RANDOM, BackendSpec, register, resolve
 
 Z_DIM = 48
 STRIDE = (4, 16, 16)  # (time, height, width)
@@ -44,9 +50,13 @@ def latent_shape(frames: int, height: int, width: int) -> tuple[int, int, int]:
     return 1 + (frames - 1) // ft, height // fh, width // fw
 
 
+@register("vae", "diffusers")
+@register("vae", TINY_RANDOM)
 @dataclass
 class VideoVAE:
     """Encode uint8 videos to normalised latents and decode back."""
+
+    environment: ClassVar[str] = CORE
 
     model: AutoencoderKLWan
     model_id: str
@@ -56,7 +66,7 @@ class VideoVAE:
     def from_pretrained(cls, path: str) -> VideoVAE:
         """The production Wan2.2 VAE from a local folder: a Wan diffusers root (``vae/``
         inside) or the VAE folder itself. Never touches a hub."""
-        root = Path(path)
+        root = Path(path).expanduser()
         vae_dir = root / "vae" if (root / "vae").is_dir() else root
         model = AutoencoderKLWan.from_pretrained(
             vae_dir, torch_dtype=torch.float32, local_files_only=True
@@ -72,9 +82,23 @@ class VideoVAE:
         return cls(model.eval().requires_grad_(False), f"tiny-random-vae-s{seed}", tiny_random=True)
 
     @classmethod
-    def load(cls, backend: str, seed: int = 0) -> VideoVAE:
-        """``backend`` is ``tiny-random`` or a local path to a Wan2.2 diffusers folder."""
-        return cls.tiny(seed) if backend == "tiny-random" else cls.from_pretrained(backend)
+    def from_spec(cls, spec: BackendSpec, seed: int = 0) -> VideoVAE:
+        """A resolved ``vae`` spec: family ``tiny-random`` or ``diffusers``."""
+        if spec.tiny_random:
+            return cls.tiny(seed)
+        if spec.family != "diffusers":
+            raise ValueError(f"VideoVAE loads tiny-random or a diffusers folder, not {spec}")
+        return cls.from_pretrained(spec.path)
+
+    @classmethod
+    def load(cls, backend: str | BackendSpec, seed: int = 0) -> VideoVAE:
+        """``backend`` is ``tiny-random`` or a local path (``diffusers:<path>`` too) to a
+        Wan2.2 diffusers folder."""
+        return cls.from_spec(resolve("vae", backend), seed)
+
+    @property
+    def family(self) -> str:
+        return TINY_RANDOM if self.tiny_random else "diffusers"
 
     @property
     def device(self) -> torch.device:
