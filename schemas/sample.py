@@ -1,4 +1,5 @@
-"""The shard sample contract: the `json` member of every WebDataset sample, and the shard index.
+"""The shard sample contract: the `json` member of every clip sample, the shard index, and
+the clip sample kind (CLIP_SAMPLE, registered in schemas.kinds).
 
 Every dataset (real Sekai, synthetic, event) writes the same sample layout, so one reader
 serves the trainer. The writer validates each sample on write; `yume-data shards verify`
@@ -9,12 +10,15 @@ from __future__ import annotations
 
 import copy
 import re
+from collections import Counter
+from collections.abc import Iterable
 
 import jsonschema
 import pyarrow as pa
 
 from schemas.actions import KEYS, MOUSE
 from schemas.common import SchemaError
+from schemas.kinds import SampleKind, register_kind
 
 SAMPLE_SCHEMA_VERSION = 1
 
@@ -56,6 +60,22 @@ _SEGMENT = {
         "view_rotation_speed": {"type": "number"},
         "text": {"type": "string"},
         "text_yume5b": {"type": "string"},
+    },
+}
+
+# One caption window's event caption: output frames start..end (inclusive), the text, and
+# what made it (prompt version, model, backend; tiny_random: random text, tests only).
+_EVENT_WINDOW = {
+    "type": "object",
+    "required": ["start", "end", "text", "prompt_version", "model", "backend", "tiny_random"],
+    "properties": {
+        "start": {"type": "integer", "minimum": 0},
+        "end": {"type": "integer", "minimum": 0},
+        "text": {"type": "string"},
+        "prompt_version": {"type": "string"},
+        "model": {"type": "string"},
+        "backend": {"type": "string"},
+        "tiny_random": {"type": "boolean"},
     },
 }
 
@@ -113,7 +133,14 @@ SAMPLE_JSON_SCHEMA: dict = {
         "captions": {
             "type": "object",
             "required": ["scene", "event", "action"],
-            "properties": {"scene": _nullable_str, "event": _nullable_str, "action": _nullable_str},
+            "properties": {
+                "scene": _nullable_str,
+                "event": _nullable_str,
+                "action": _nullable_str,
+                # Optional (still version 1; absent in older samples): the event caption of
+                # each caption window (yume-data recaption); ``event`` is then the first's.
+                "event_windows": {"type": "array", "items": _EVENT_WINDOW},
+            },
         },
         "scores": {"type": "object", "additionalProperties": {"type": "number"}},
         "screening": {
@@ -157,7 +184,7 @@ for _field in ("keys", "mouse"):
 _VALIDATOR = jsonschema.Draft202012Validator(_FAST_SCHEMA)
 _VOCAB = {"keys": frozenset(KEYS), "mouse": frozenset(MOUSE)}
 
-# One row per sample in `shards/<dataset>/index.parquet`: where it is and what it holds, so
+# One row per sample in a dataset's `index.parquet`: where it is and what it holds, so
 # verify can check every byte and a trainer can build mixtures without opening the tars.
 SHARD_INDEX_SCHEMA = pa.schema(
     [
@@ -170,6 +197,10 @@ SHARD_INDEX_SCHEMA = pa.schema(
         pa.field("frames", pa.int32(), nullable=False),
         pa.field("fps", pa.float32(), nullable=False),
         pa.field("tiny_random", pa.bool_(), nullable=False),
+        # The tasks the sample offers (SampleKind.index_fields). Null: unknown, i.e. a row
+        # of an index written before this column, or a kind that does not say; readers
+        # that need it then read the sample's json (curation.shards.shards_for does).
+        pa.field("tasks", pa.list_(pa.string())),
     ]
 )
 
@@ -219,5 +250,68 @@ def validate_sample(meta: dict) -> None:
             problems.append(f"segments/{i}: start {seg['start']} > end {seg['end']}")
         if seg["end"] > frames - 1:
             problems.append(f"segments/{i}: end {seg['end']} beyond last frame {frames - 1}")
+    for i, win in enumerate(meta["captions"].get("event_windows") or []):
+        if win["start"] > win["end"] or win["end"] > frames - 1:
+            problems.append(
+                f"captions/event_windows/{i}: span {win['start']}..{win['end']} is not within "
+                f"0..{frames - 1}"
+            )
     if problems:
         raise SchemaError(f"sample {meta['key']!r} invalid: " + "; ".join(problems))
+
+
+def _clip_index_fields(meta: dict) -> dict:
+    """The shard index columns of one clip sample (frames and fps of the mp4)."""
+    return {
+        "source": meta["source"],
+        "frames": meta["frames"],
+        "fps": meta["fps"],
+        "tiny_random": meta["provenance"]["tiny_random"],
+        "tasks": list(meta["tasks"]),
+    }
+
+
+def summarize_metas(metas: Iterable[dict]) -> dict:
+    """Counts over clip sample metadata: what a stats file and `shards stats` report.
+
+    ``actions`` counts frames per "keys|mouse" label; samples without actions add nothing.
+    """
+    fps, res, src, tasks, actions = Counter(), Counter(), Counter(), Counter(), Counter()
+    count = frames = tiny = generated = 0
+    duration = 0.0
+    for m in metas:
+        count += 1
+        frames += m["frames"]
+        duration += m["frames"] / m["fps"]
+        fps[f"{m['fps']:g}"] += 1
+        res[f"{m['width']}x{m['height']}"] += 1
+        src[m["source"]] += 1
+        tasks.update(m["tasks"])
+        tiny += bool(m["provenance"]["tiny_random"])
+        generated += is_generated(m)
+        actions.update(f"{k}|{ms}" for k, ms in zip(m["keys"], m["mouse"], strict=True))
+    return {
+        "count": count,
+        "frames": frames,
+        "duration_s": round(duration, 3),
+        "fps_counts": dict(sorted(fps.items())),
+        "resolution_counts": dict(sorted(res.items())),
+        "source_counts": dict(sorted(src.items())),
+        "task_counts": dict(sorted(tasks.items())),
+        "tiny_random_count": tiny,
+        "generated_count": generated,
+        "action_frame_counts": dict(sorted(actions.items())),
+    }
+
+
+# Clip samples (mp4 + json + txt): every dataset the curation jobs write.
+CLIP_SAMPLE = register_kind(
+    SampleKind(
+        name="clip",
+        members=REQUIRED_MEMBERS,
+        validate=validate_sample,
+        index_fields=_clip_index_fields,
+        summarize=summarize_metas,
+        video="mp4",
+    )
+)

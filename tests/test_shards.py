@@ -18,13 +18,21 @@ import pytest
 from typer.testing import CliRunner
 
 import curation.shards as shards_module
+import curation.shards.read as read_module
+import curation.shards.writer as writer_module
 from curation.shards import (
+    LATENT_SAMPLE,
+    SAMPLE_KINDS,
+    SampleKind,
     ShardError,
     ShardWriter,
     check_video,
+    dataset_stats,
     indexed_shards,
     iter_shard,
     read_index,
+    register_kind,
+    shards_for,
     verify_dataset,
     write_shards,
     write_shards_from_dir,
@@ -32,7 +40,8 @@ from curation.shards import (
 from jobs.cli import app
 from schemas.actions import KEYS, MOUSE
 from schemas.common import SchemaError
-from schemas.sample import validate_sample
+from schemas.kinds import infer_kind
+from schemas.sample import CLIP_SAMPLE, validate_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -199,7 +208,7 @@ def test_rerun_is_idempotent_and_deterministic(built, tmp_path, monkeypatch):
     assert summary["samples_written"] == 0 and summary["skipped_existing"] == 7
     # A fresh build from the same staging gives byte-identical shards, also when every
     # staged member is memory-mapped (the large-file path) instead of read.
-    monkeypatch.setattr(shards_module, "_MAP_BYTES", 1)
+    monkeypatch.setattr(writer_module, "_MAP_BYTES", 1)
     again = tmp_path / "again"
     write_shards_from_dir(tmp_path / "staging", again, "real", max_samples=3)
     assert {p.name: p.read_bytes() for p in again.glob("*.tar")} == before
@@ -231,7 +240,7 @@ def test_bad_samples_become_rejects(tmp_path, mp4):
     rejects = tmp_path / "manifests" / "shards.real.rejects.parquet"
     summary = write_shards_from_dir(staging, tmp_path / "real", "real", rejects_path=rejects)
     assert summary["samples_written"] == 1 and summary["incomplete"] == 1
-    reasons = {r["clip_id"]: r["detail"] for r in summary["rejects"]}
+    reasons = {r["key"]: r["detail"] for r in summary["rejects"]}
     assert set(reasons) == {"wrong_key", "no_txt", "bad_json"}
     assert "json names key 'other'" in reasons["wrong_key"]
     assert "lacks members ['txt']" in reasons["no_txt"]
@@ -284,7 +293,7 @@ def test_reading_unsafe_tar_refused(tmp_path, name, kind):
 
 
 def _verify_cli(root: Path) -> tuple[int, str, dict]:
-    result = CliRunner().invoke(app, ["shards", "verify", str(root), "--workers", "1"])
+    result = CliRunner().invoke(app, ["shards", "verify", "--root", str(root), "--workers", "1"])
     report = json.loads((root / "reports" / "shards_verify.json").read_text())
     return result.exit_code, result.output, report
 
@@ -342,7 +351,7 @@ def test_verify_rejects_an_unknown_decode_mode(built, mp4):
         verify_dataset(shards, decode="all")
     with pytest.raises(ValueError, match=r"ends\|full\|none"):
         check_video(mp4, make_meta("x"), decode="all")
-    result = CliRunner().invoke(app, ["shards", "verify", str(root), "--decode", "all"])
+    result = CliRunner().invoke(app, ["shards", "verify", "--root", str(root), "--decode", "all"])
     assert result.exit_code == 2 and "ends|full|none" in result.output
     assert not (root / "reports" / "shards_verify.json").exists()
 
@@ -424,7 +433,7 @@ def test_stats_cli(built, mp4):
     meta["provenance"].update(generated=True, generator="a test renderer")
     rendered["json"] = json.dumps(meta).encode()
     write_shards([("rendered", rendered)], root / "shards" / "demo", "demo")
-    result = CliRunner().invoke(app, ["shards", "stats", str(root)])
+    result = CliRunner().invoke(app, ["shards", "stats", "--root", str(root)])
     assert result.exit_code == 0, result.output
     stats = json.loads((root / "reports" / "shards_stats.json").read_text())
     assert stats["total"]["count"] == 8 and stats["total"]["tiny_random_count"] == 8
@@ -440,15 +449,15 @@ def test_stats_cli(built, mp4):
 
 def test_write_cli(tmp_path, mp4):
     stage(tmp_path / "staging", {"a": make_sample("a", mp4=mp4), "b": make_sample("b", mp4=mp4)})
-    args = ["shards", "write", "--staging", str(tmp_path / "staging"), "--out", str(tmp_path)]
+    args = ["shards", "write", "--staging", str(tmp_path / "staging"), "--root", str(tmp_path)]
     result = CliRunner().invoke(app, [*args, "--dataset", "real"])
     assert result.exit_code == 0, result.output
     assert read_index(tmp_path / "shards" / "real").column("key").to_pylist() == ["a", "b"]
-    assert (tmp_path / "manifests" / "shards.real.rejects.parquet").exists()
+    assert (tmp_path / "manifests" / "shards-real.rejects.parquet").exists()
 
 
 def test_verify_cli_rejects_a_folder_without_shards(tmp_path):
-    result = CliRunner().invoke(app, ["shards", "verify", str(tmp_path)])
+    result = CliRunner().invoke(app, ["shards", "verify", "--root", str(tmp_path)])
     assert result.exit_code == 2 and "neither" in result.output  # (rich wraps the message)
 
 
@@ -493,7 +502,7 @@ def test_writer_validates_other_sample_kinds(tmp_path):
         "latents-000000.tar",
         "latents-000001.tar",
     ]
-    reasons = {r["clip_id"]: r["detail"] for r in summary["rejects"]}
+    reasons = {r["key"]: r["detail"] for r in summary["rejects"]}
     assert (
         "latent_shape" in reasons["bad"]
         and "lacks members ['latents.pth']" in reasons["no_latents"]
@@ -502,6 +511,7 @@ def test_writer_validates_other_sample_kinds(tmp_path):
     assert [(r["key"], r["members"], r["frames"]) for r in index] == [
         (f"lat_{i}", ["json", "latents.pth"], 5) for i in range(3)
     ]
+    assert all(r["tasks"] is None for r in index)  # the kind does not say: unknown
     stats = json.loads((out / "latents-000000_stats.json").read_text())
     assert stats["count"] == 2 and stats["durations_s"] == [1.25, 1.25]
     read = dict(iter_shard(out / "latents-000001.tar"))
@@ -510,3 +520,168 @@ def test_writer_validates_other_sample_kinds(tmp_path):
     with pytest.raises(SchemaError, match="lacks members"):
         with ShardWriter(tmp_path / "clips", "clips") as w:
             w.write("lat_0", samples[0][1])
+
+
+def _wav_meta(key: str, seconds: int) -> dict:
+    return {"key": key, "seconds": seconds, "tasks": ["t2a"]}
+
+
+def _validate_wav(meta: dict) -> None:
+    if not isinstance(meta.get("seconds"), int):
+        raise SchemaError(f"sample {meta.get('key')!r}: seconds must be an integer")
+
+
+def _summarize_wav(metas) -> dict:
+    metas = list(metas)
+    seconds = sum(m["seconds"] for m in metas)
+    return {
+        "count": len(metas),
+        "frames": seconds,
+        "duration_s": float(seconds),
+        "tiny_random_count": 0,
+        "generated_count": 0,
+        "task_counts": {"t2a": len(metas)},
+    }
+
+
+@pytest.fixture()
+def wav_kind():
+    """A kind no module of the project knows, registered only for the test."""
+    kind = register_kind(
+        SampleKind(
+            name="test-wav",
+            members=("json", "wav"),
+            validate=_validate_wav,
+            index_fields=lambda m: {
+                "source": "synthetic",
+                "frames": m["seconds"],
+                "fps": 1.0,
+                "tiny_random": False,
+                "tasks": m["tasks"],
+            },
+            summarize=_summarize_wav,
+        )
+    )
+    yield kind
+    del SAMPLE_KINDS[kind.name]
+
+
+def test_a_registered_kind_needs_no_writer_change(tmp_path, wav_kind):
+    """Write, index, verify, stats and query a kind declared only here."""
+    samples = [
+        (f"w{i}", {"wav": bytes([i]) * 64, "json": json.dumps(_wav_meta(f"w{i}", i + 1)).encode()})
+        for i in range(3)
+    ]
+    bad = {"wav": b"x", "json": json.dumps({"key": "bad", "seconds": "1"}).encode()}
+    out = tmp_path / "wav"
+    summary = write_shards([*samples, ("bad", bad)], out, "wav", max_samples=2, kind=wav_kind)
+    assert summary["shards_written"] == ["wav-000000.tar", "wav-000001.tar"]
+    assert [r["reason"] for r in summary["rejects"]] == ["invalid_sample"]
+    index = read_index(out).to_pylist()
+    assert [(r["key"], r["frames"], r["tasks"]) for r in index] == [
+        ("w0", 1, ["t2a"]),
+        ("w1", 2, ["t2a"]),
+        ("w2", 3, ["t2a"]),
+    ]
+    assert infer_kind(index[0]["members"]) is wav_kind
+    report = verify_dataset(out, decode="none")  # the kind is found by its members
+    assert report["ok"] and report["kind"] == "test-wav", report["errors"]
+    assert dataset_stats(out)["task_counts"] == {"t2a": 3}
+    assert shards_for(out, "t2a", 3) == [str(out / "wav-000001.tar")]
+    with pytest.raises(ValueError, match="already registered"):
+        register_kind(SampleKind("test-wav", ("json",), _validate_wav, dict, _summarize_wav))
+
+
+def test_builtin_kinds_are_registered_and_index_their_tasks():
+    assert SAMPLE_KINDS["clip"] is CLIP_SAMPLE and SAMPLE_KINDS["latent"] is LATENT_SAMPLE
+    assert infer_kind(["json", "mp4", "txt", "first.jpg"]) is CLIP_SAMPLE
+    assert infer_kind(["event_emb.pth", "json", "latents.pth"]) is LATENT_SAMPLE
+    assert infer_kind(["json"]) is None
+    assert CLIP_SAMPLE.index_fields(make_meta("a"))["tasks"] == ["t2v", "i2v"]
+    latent = {"source": "event", "latent_shape": [48, 3, 2, 2], "latent_fps": 4.0}
+    assert LATENT_SAMPLE.index_fields({**latent, "tiny_random": True, "task": "i2v"}) == {
+        "source": "event",
+        "frames": 3,
+        "fps": 4.0,
+        "tiny_random": True,
+        "tasks": ["i2v"],
+    }
+
+
+def _task_sample(key: str, frames: int, tasks: list[str], mp4: bytes) -> dict[str, bytes]:
+    sample = make_sample(key, frames, mp4=mp4)
+    meta = json.loads(sample["json"])
+    meta["tasks"] = tasks
+    sample["json"] = json.dumps(meta).encode()
+    return sample
+
+
+@pytest.fixture()
+def by_task(tmp_path, mp4) -> Path:
+    """Shards [a 12 t2v, b 12 i2v], [c 30 t2v, d 12 none], [e 30 i2v+t2v] (frames, tasks)."""
+    rows = [("a", 12, ["t2v"]), ("b", 12, ["i2v"]), ("c", 30, ["t2v"]), ("d", 12, [])]
+    rows.append(("e", 30, ["i2v", "t2v"]))
+    out = tmp_path / "shards" / "real"
+    write_shards([(k, _task_sample(k, f, t, mp4)) for k, f, t in rows], out, "real", max_samples=2)
+    return out
+
+
+SHARDS_FOR_CASES = [
+    ("t2v", 12, [0, 1, 2]),
+    ("t2v", 13, [1, 2]),
+    ("i2v", 12, [0, 2]),
+    ("i2v", 13, [2]),
+    ("i2v", 31, []),
+    ("x2v", 1, []),
+]
+
+
+def test_shards_for_answers_from_the_index_alone(by_task, monkeypatch):
+    assert read_index(by_task).column("tasks").to_pylist() == [
+        ["t2v"],
+        ["i2v"],
+        ["t2v"],
+        [],
+        ["i2v", "t2v"],
+    ]
+    for tar in by_task.glob("*.tar"):
+        tar.unlink()  # no tar is opened: the answers cannot come from them
+
+    def no_tars(*args, **kwargs):
+        raise AssertionError("shards_for opened a tar")
+
+    monkeypatch.setattr(read_module.tarfile, "open", no_tars)
+    for task, min_frames, want in SHARDS_FOR_CASES:
+        got = shards_for(by_task, task, min_frames)
+        assert got == [str(by_task / f"real-{i:06d}.tar") for i in want], (task, min_frames)
+    assert shards_for(by_task.parent / "empty", "t2v", 1) == []
+
+
+def test_shards_for_reads_json_for_an_index_older_than_tasks(by_task, mp4, monkeypatch):
+    """An index written before the tasks column: read it with tasks null, and answer for
+    those rows from the json members of only the shards that have long enough samples."""
+    import pyarrow.parquet as pq
+
+    old = pq.read_table(by_task / "index.parquet").drop_columns(["tasks"])
+    pq.write_table(old, by_task / "index.parquet")
+    assert read_index(by_task).column("tasks").null_count == 5
+    opened = []
+    real_iter = read_module.iter_shard
+
+    def counting(path, exts=None):
+        opened.append(Path(path).name)
+        return real_iter(path, exts)
+
+    monkeypatch.setattr(read_module, "iter_shard", counting)
+    for task, min_frames, want in SHARDS_FOR_CASES:
+        got = shards_for(by_task, task, min_frames)
+        assert got == [str(by_task / f"real-{i:06d}.tar") for i in want], (task, min_frames)
+    opened.clear()
+    assert shards_for(by_task, "i2v", 13) == [str(by_task / "real-000002.tar")]
+    assert opened == ["real-000001.tar", "real-000002.tar"]  # shard 0 holds only 12 frames
+    # The writer appends to an old index; new rows carry tasks, old ones stay unknown.
+    write_shards([("f", _task_sample("f", 40, ["i2v"], mp4))], by_task, "real")
+    assert read_index(by_task).column("tasks").to_pylist()[-1] == ["i2v"]
+    opened.clear()
+    assert shards_for(by_task, "i2v", 31) == [str(by_task / "real-000003.tar")]
+    assert opened == []  # no old row has 31 frames: nothing to scan

@@ -1,0 +1,174 @@
+"""Reading a dataset folder: shard and stats names, the index, shard members, and queries.
+
+Why apart from the writer: trainers and verify only read. Everything a trainer asks of a
+dataset before it opens a tar (which shards, of which kind, which can serve task T with
+at least N frames) is answered from ``index.parquet`` here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tarfile
+from collections.abc import Collection, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from schemas.common import SchemaError
+from schemas.kinds import SampleKind, infer_kind
+from schemas.sample import CLIP_SAMPLE, SHARD_INDEX_SCHEMA, validate_key, validate_member_name
+
+log = logging.getLogger(__name__)
+
+# File names inside one dataset folder (the folder itself is curation.dataroot's).
+INDEX_NAME = "index.parquet"
+LOCK_NAME = ".lock"
+STATS_SUFFIX = "_stats.json"
+
+
+class ShardError(Exception):
+    """A shard is unreadable or holds something a sample never should (links, paths)."""
+
+
+def shard_name(dataset: str, index: int) -> str:
+    return f"{dataset}-{index:06d}.tar"
+
+
+def stats_name(shard: str) -> str:
+    """``real-000003.tar`` -> ``real-000003_stats.json`` (video2dataset's naming)."""
+    return shard.removesuffix(".tar") + STATS_SUFFIX
+
+
+def shard_pattern(dataset: str) -> re.Pattern:
+    """Matches the dataset's shard and stats file names; group 1 is the shard number."""
+    return re.compile(rf"^{re.escape(dataset)}-(\d{{6}})(\.tar|{re.escape(STATS_SUFFIX)})$")
+
+
+def _read_index(shards_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
+    path = Path(shards_dir) / INDEX_NAME
+    if not path.exists():
+        empty = SHARD_INDEX_SCHEMA.empty_table()
+        return empty.select(columns) if columns else empty
+    # The schema fills columns an older index lacks (``tasks``) with nulls.
+    return pq.read_table(path, schema=SHARD_INDEX_SCHEMA, columns=columns)
+
+
+def read_index(shards_dir: str | Path) -> pa.Table:
+    """The dataset's index table, empty when nothing has been written yet.
+
+    An index written before the ``tasks`` column reads with ``tasks`` null (unknown).
+    """
+    return _read_index(shards_dir)
+
+
+def indexed_shards(shards_dir: str | Path) -> list[str]:
+    """Paths of the dataset's complete shards (those the index names): what a trainer reads."""
+    names = sorted(set(_read_index(shards_dir, ["shard"]).column("shard").to_pylist()))
+    return [str(Path(shards_dir) / n) for n in names]
+
+
+def index_kind(index: pa.Table) -> SampleKind:
+    """The registered kind whose members the index rows hold (clip for an empty index)."""
+    if not index.num_rows:
+        return CLIP_SAMPLE
+    return infer_kind(index.column("members")[0].as_py()) or CLIP_SAMPLE
+
+
+def _split_member(name: str) -> tuple[str, str]:
+    """``<key>.<ext>`` -> (key, ext); ShardError for any name that could be a path."""
+    if "/" in name or "\\" in name or name.startswith(".") or "." not in name:
+        raise ShardError(f"unsafe or malformed member name {name!r}")
+    key, ext = name.split(".", 1)
+    try:
+        validate_key(key)
+        validate_member_name(ext)
+    except SchemaError as e:
+        raise ShardError(f"member {name!r}: {e}") from e
+    return key, ext
+
+
+def iter_shard(
+    path: str | Path, exts: Collection[str] | None = None
+) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Yield ``(key, {ext: bytes})`` per sample, reading only ``exts`` when given.
+
+    Never extracts to disk. Raises ShardError on links, devices, directories, names with
+    path parts or dots before the key ends, and a key split across the tar.
+    """
+    seen: set[str] = set()
+    key, members = None, {}
+    with tarfile.open(path, mode="r|") as tar:
+        for info in tar:
+            if not info.isreg():
+                raise ShardError(f"{Path(path).name}: member {info.name!r} is not a regular file")
+            k, ext = _split_member(info.name)
+            if k != key:
+                if key is not None:
+                    yield key, members
+                if k in seen:
+                    raise ShardError(f"{Path(path).name}: key {k!r} appears twice")
+                seen.add(k)
+                key, members = k, {}
+            if ext in members:
+                raise ShardError(f"{Path(path).name}: member {info.name!r} appears twice")
+            if exts is None or ext in exts:
+                members[ext] = tar.extractfile(info).read()
+            else:
+                members[ext] = b""
+    if key is not None:
+        yield key, members
+
+
+def _offers_from_json(shard: Path, keys: set[str], members: list[str], task: str) -> bool:
+    """Whether one of ``keys`` in ``shard`` offers ``task``, from its json (the old way)."""
+    kind = infer_kind(members)
+    if kind is None:
+        return False  # not a registered kind: nothing says which tasks it offers
+    for key, m in iter_shard(shard, exts=("json",)):
+        if key in keys and task in (kind.index_fields(json.loads(m["json"])).get("tasks") or []):
+            return True
+    return False
+
+
+def shards_for(shards_dir: str | Path, task: str, min_frames: int) -> list[str]:
+    """Paths of the indexed shards holding a sample that offers ``task`` with at least
+    ``min_frames`` frames (index ``frames``: clip frames, or latent frames for latents).
+
+    Answered from ``index.parquet`` alone. Rows whose ``tasks`` is null (an index written
+    before that column) are the exception: their shards, if long enough samples are among
+    them, are scanned the old way, reading only the json members, and a warning says so;
+    rewriting the dataset's index (re-sharding) removes the need.
+    """
+    shards_dir = Path(shards_dir)
+    index = _read_index(shards_dir, ["key", "shard", "frames", "tasks", "members"])
+    index = index.filter(pc.greater_equal(index.column("frames"), min_frames))
+    tasks = index.column("tasks")
+    # Each row's task list, flattened: keep the rows (parent indices) one of whose is ``task``.
+    flat, parents = pc.list_flatten(tasks), pc.list_parent_indices(tasks)
+    rows = pc.unique(pc.filter(parents, pc.equal(flat, task)))
+    found = set(index.column("shard").take(rows).to_pylist())
+    unknown = index.filter(pc.is_null(tasks))
+    if unknown.num_rows:
+        by_shard: dict[str, tuple[set[str], list[str]]] = {}
+        for key, shard, members in zip(
+            unknown.column("key").to_pylist(),
+            unknown.column("shard").to_pylist(),
+            unknown.column("members").to_pylist(),
+            strict=True,
+        ):
+            by_shard.setdefault(shard, (set(), members))[0].add(key)
+        todo = sorted(set(by_shard) - found)
+        if todo:
+            log.warning(
+                "%s: %d index rows have no tasks (an index older than that column, or a "
+                "kind that does not record them); reading the json members of %d shards",
+                shards_dir,
+                unknown.num_rows,
+                len(todo),
+            )
+        found |= {s for s in todo if _offers_from_json(shards_dir / s, *by_shard[s], task)}
+    return [str(shards_dir / s) for s in sorted(found)]
