@@ -10,8 +10,10 @@ import torch
 
 from model.text import ActionEmbeddingCache, TextEncoder
 from schemas.actions import KEY_CODE, MOUSE_CODE
+from training.conditioning import Conditioner
 from training.config import preset
-from training.data import Conditioner, Mixture, Stream, memory_source, task_pattern
+from training.mixture import Mixture, Stream, task_pattern
+from training.sources import memory_source
 from training.train_base import build_transformer, flow_matching_loss, train
 
 H, W = 64, 128
@@ -294,7 +296,7 @@ def test_long_history_is_sampled_up_to_the_cap_and_first_frame_is_flagged(tmp_pa
 
 
 def test_action_label_is_the_most_frequent_pair() -> None:
-    from training.data import _mode
+    from training.conditioning import _mode
 
     keys = np.array([1, 1, 1, 2, 2, 2, 2])
     mouse = np.array([5, 6, 7, 3, 3, 4, 4])
@@ -333,7 +335,8 @@ def test_run_folder_safety_checkpoint_rotation_and_sample_labels(tmp_path, monke
 
 
 def test_latent_training_loads_no_text_encoder_when_the_action_cache_exists(tmp_path) -> None:
-    from training.train_base import Trainer, stored_action_cache
+    from training.conditioning import stored_action_cache
+    from training.train_base import Trainer
 
     lat = [
         {
@@ -386,7 +389,7 @@ def test_cli_merges_preset_config_file_options_and_set(tmp_path, monkeypatch) ->
     assert seen["overwrite"] and not seen["resume"]
     bad = CliRunner().invoke(app, ["base", "--set", "nope=1"])
     assert bad.exit_code != 0 and "nope" in bad.output
-    from training.data import mixture_weight
+    from training.mixture import mixture_weight
 
     assert mixture_weight(cfg.datasets, "event", "i2v") == 0.5
     assert mixture_weight(cfg.datasets, "event", "t2v") == 0.0

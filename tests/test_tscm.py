@@ -303,3 +303,73 @@ def test_cached_prediction_rope_gives_identical_outputs(models, monkeypatch):
     assert tscm_module.prediction_rope.cache_info().hits >= 2  # attention and fusion tables
     monkeypatch.setattr(tscm_module, "prediction_rope", tscm_module.prediction_rope.__wrapped__)
     assert torch.equal(cached, again) and torch.equal(cached, run())
+
+
+def test_diffusers_wan_internals_tscm_relies_on(models):
+    """TSCMTransformer / TSCMBlock re-implement Wan's forward on diffusers internals (not its
+    public API), read from diffusers 0.35 - 0.42 (pyproject bounds ``diffusers>=0.35,<0.43``).
+    On a diffusers upgrade, re-check model/tscm.py against the new
+    diffusers/models/transformers/transformer_wan.py, then move the bound."""
+    import inspect
+
+    import diffusers
+    from diffusers.models.modeling_outputs import Transformer2DModelOutput  # noqa: F401
+    from diffusers.models.modeling_utils import no_init_weights  # noqa: F401
+
+    recheck = (
+        f"diffusers {diffusers.__version__}: Wan internals changed; re-check "
+        "TSCMTransformer.__init__/forward and TSCMBlock.forward in model/tscm.py against "
+        "diffusers' transformer_wan.py before moving the diffusers bound in pyproject.toml"
+    )
+    tscm, wan = models
+    cfg = transformer_config("tiny")
+    d = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    p = tuple(cfg["patch_size"])
+    # constructor: TSCM passes every Wan kwarg by name and builds blocks positionally
+    wan_init = set(inspect.signature(WanTransformer3DModel.__init__).parameters) - {"self"}
+    assert set(WAN_FIELDS) <= wan_init, (sorted(set(WAN_FIELDS) - wan_init), recheck)
+    block_init = list(inspect.signature(WanTransformerBlock.__init__).parameters)[1:8]
+    assert block_init == [
+        "dim", "ffn_dim", "num_heads", "qk_norm", "cross_attn_norm", "eps", "added_kv_proj_dim"
+    ], (block_init, recheck)  # fmt: skip
+    for model in (wan, tscm):
+        # patchify of prediction tokens, reused (weights interpolated) for history
+        pe = model.patch_embedding
+        assert isinstance(pe, torch.nn.Conv3d), recheck
+        assert pe.weight.shape == (d, cfg["in_channels"], *p) and pe.stride == p, recheck
+        # output layer: (1, 2, D) shift/scale table, affine-free fp32 LayerNorm, projection
+        assert model.scale_shift_table.shape == (1, 2, d), recheck
+        assert isinstance(model.norm_out, torch.nn.LayerNorm), recheck
+        assert tuple(model.norm_out.normalized_shape) == (d,), recheck
+        assert model.norm_out.weight is None, recheck
+        assert model.proj_out.in_features == d, recheck
+        assert model.proj_out.out_features == cfg["out_channels"] * p[0] * p[1] * p[2], recheck
+        assert isinstance(model.blocks, torch.nn.ModuleList), recheck
+        assert hasattr(model, "gradient_checkpointing"), recheck
+        keep = set(model._keep_in_fp32_modules)
+        assert {"time_embedder", "scale_shift_table", "norm1", "norm2", "norm3"} <= keep, recheck
+    # per-token timesteps (Wan2.2 TI2V): condition_embedder(t, text, image, timestep_seq_len)
+    emb = wan.condition_embedder
+    args = list(inspect.signature(emb.forward).parameters)
+    assert args[:3] == ["timestep", "encoder_hidden_states", "encoder_hidden_states_image"], recheck
+    assert "timestep_seq_len" in args, recheck
+    with torch.no_grad():
+        t = torch.tensor([0.0, 5.0, 0.0, 7.0])  # (B * 2,): [history, prediction] per sample
+        out = emb(t, torch.randn(2, 3, cfg["text_dim"]), None, timestep_seq_len=2)
+    assert len(out) == 4, recheck
+    temb, proj, text, image = out
+    assert temb.shape == (2, 2, d) and proj.shape == (2, 2, 6 * d), recheck
+    assert text.shape == (2, 3, d) and image is None, recheck
+    # blocks: a (1, 6, D) modulation table, norms and attentions called positionally
+    block = wan.blocks[0]
+    assert block.scale_shift_table.shape == (1, 6, d), recheck
+    for name in ("norm1", "norm2", "norm3", "attn1", "attn2", "ffn"):
+        assert isinstance(getattr(block, name, None), torch.nn.Module), (name, recheck)
+    attn_args = list(inspect.signature(block.attn1.forward).parameters)[:4]
+    assert attn_args == [
+        "hidden_states", "encoder_hidden_states", "attention_mask", "rotary_emb"
+    ], (attn_args, recheck)  # fmt: skip
+    # rotary embedding as a (cos, sin) pair of (1, N, 1, head_dim) tables (rope_cos_sin)
+    cos_sin = wan.rope(torch.zeros(1, cfg["in_channels"], 2, 4, 6))
+    assert isinstance(cos_sin, tuple) and len(cos_sin) == 2, recheck
+    assert all(t.shape == (1, 2 * 2 * 3, 1, cfg["attention_head_dim"]) for t in cos_sin), recheck

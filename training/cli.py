@@ -1,15 +1,20 @@
-"""`yume-train`: the model command line (base training of the TSCM model)."""
+"""`yume-train`: the model command line (base training of the TSCM model).
+
+Its options are ``TrainConfig``'s fields (help and defaults written once, on the fields),
+layered like every yume-data command: the preset < ``--config-file`` < named options <
+``--set KEY=VALUE``. Mistakes are one line on stderr, not a traceback.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import inspect
 import json
 from pathlib import Path
-from typing import Any
 
 import typer
 
-from training.config import PRESETS, TrainConfig, preset
+from curation.config import ConfigError, cli_parameters, cli_values, layered
+from training.config import PRESETS, TrainConfig
 
 app = typer.Typer(
     help="Train Yume-1.5-style TSCM world models on yume-data shards.",
@@ -29,87 +34,88 @@ def parse_datasets(specs: list[str]) -> dict[str, float]:
     out = {}
     for spec in specs:
         name, _, weight = spec.partition("=")
-        out[name] = float(weight) if weight else 1.0
-    return out
-
-
-def parse_overrides(specs: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs for TrainConfig fields; values are JSON when they parse, else text."""
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    out: dict[str, Any] = {}
-    for spec in specs:
-        key, sep, value = spec.partition("=")
-        if not sep or key not in fields:
-            raise typer.BadParameter(f"--set {spec!r}: want key=value with key in {sorted(fields)}")
         try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
+            out[name] = float(weight) if weight else 1.0
+        except ValueError:
+            raise ConfigError(f"--dataset {spec!r}: want NAME=WEIGHT with a number") from None
     return out
 
 
-@app.command()
-def base(
-    config: str = typer.Option("tiny", help=f"preset: {', '.join(sorted(PRESETS))}"),
-    config_file: Path = typer.Option(
-        None, help="JSON object of TrainConfig fields merged over the preset"
-    ),
-    data: str = typer.Option(None, help="data root with shards/ (or latents/)"),
-    out: str = typer.Option(None, help="run folder: checkpoints, metrics, samples"),
-    steps: int = typer.Option(None, help="total optimiser steps"),
-    lr: float = typer.Option(None, help="AdamW learning rate"),
-    weights: str = typer.Option(None, help="local Wan2.2-TI2V-5B diffusers folder (transformer)"),
-    vae: str = typer.Option(None, help="VAE: a local Wan2.2 folder or tiny-random"),
-    text_encoder: str = typer.Option(None, help="UMT5: a local Wan2.2 folder or tiny-random"),
-    resume: bool = typer.Option(False, help="continue from <out>/checkpoints/latest.json"),
-    overwrite: bool = typer.Option(False, help="start again in an --out that holds a run"),
-    latents: bool = typer.Option(None, help="read pre-encoded latent shards (fast path)"),
-    dataset: list[str] = typer.Option(
-        None,
-        help="NAME=WEIGHT (both tasks) or NAME:TASK=WEIGHT (t2v or i2v), repeatable; "
-        "replaces the preset's mixture",
-    ),
-    batch_size: int = typer.Option(None, help="global batch size"),
-    set_: list[str] = typer.Option(
-        None,
-        "--set",
-        help="KEY=VALUE for any TrainConfig field, repeatable (VALUE as JSON: --set shift=5 "
-        '--set tasks=\'{"t2v": 1, "i2v": 2}\'); applied last',
-    ),
-    workers: int = typer.Option(None, help="Ray Train workers (1 = plain single process)"),
-    gpus_per_worker: float = typer.Option(None, help="GPUs per Ray Train worker"),
-    address: str = typer.Option(None, help="Ray cluster address for --workers > 1"),
-) -> None:
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def base(**kwargs) -> None:
     """Base training: alternating T2V / I2V flow-matching steps over the shard mixture.
 
     Settings apply in order: the preset, --config-file, the named options, then --set.
     """
-    cfg = preset(config)
-    if config_file is not None:
-        cfg = TrainConfig.from_dict(cfg.to_dict() | json.loads(config_file.read_text()))
-    named = dict(
-        data_root=data, out_dir=out, steps=steps, lr=lr, weights=weights, vae=vae,
-        text_encoder=text_encoder, latents=latents, batch_size=batch_size, workers=workers,
-        gpus_per_worker=gpus_per_worker,
-        datasets=parse_datasets(dataset) if dataset else None,
-    )  # fmt: skip
-    named = {k: v for k, v in named.items() if v is not None} | parse_overrides(set_ or [])
-    cfg = TrainConfig.from_dict(cfg.to_dict() | named)
+    name, config_file, sets = kwargs.pop("preset"), kwargs.pop("config_file"), kwargs.pop("set_")
+    resume, overwrite, address = (
+        kwargs.pop("resume"),
+        kwargs.pop("overwrite"),
+        kwargs.pop("address"),
+    )
+    datasets = kwargs.pop("dataset")
+    try:
+        if name not in PRESETS:
+            raise ConfigError(f"--preset {name!r}: known presets are {sorted(PRESETS)}")
+        named = cli_values(TrainConfig, kwargs)
+        if datasets:
+            named["datasets"] = parse_datasets(datasets)
+        cfg = layered(TrainConfig, PRESETS[name], config_file, named, sets or [])
+    except ConfigError as e:
+        _fail(str(e), 2)
     if cfg.tiny_random:
         typer.echo(
             f"[{cfg.name}] tiny-random / randomly initialised models: outputs are labelled so"
         )
-    if cfg.workers > 1 or cfg.gpus_per_worker > 0:
-        from training.distributed import run_ray
-
-        run_ray(cfg, resume=resume, address=address, overwrite=overwrite)
-        return
     from training.train_base import train
 
-    summary = train(cfg, resume=resume, overwrite=overwrite)
+    try:
+        if cfg.workers > 1 or cfg.gpus_per_worker > 0:
+            from training.distributed import run_ray
+
+            run_ray(train, cfg, resume=resume, address=address, overwrite=overwrite)
+            return
+        summary = train(cfg, resume=resume, overwrite=overwrite)
+    except (FileExistsError, FileNotFoundError, ValueError) as e:  # a run folder or data problem
+        _fail(str(e), 1)
     summary.pop("losses")
     typer.echo(json.dumps(summary, indent=2))
 
+
+def _parameters() -> list[inspect.Parameter]:
+    kw = inspect.Parameter.KEYWORD_ONLY
+
+    def param(name, annotation, *decls, default=None, help=""):
+        return inspect.Parameter(
+            name, kw, default=typer.Option(default, *decls, help=help), annotation=annotation
+        )
+
+    return [
+        param("preset", str, "--preset", "--config", default="tiny",
+              help=f"Preset: {', '.join(sorted(PRESETS))}."),
+        *cli_parameters(TrainConfig),
+        param("dataset", list[str] | None, "--dataset",
+              help="NAME=WEIGHT (both tasks) or NAME:TASK=WEIGHT (t2v or i2v), repeatable; "
+              "replaces the preset's mixture."),
+        param("resume", bool, "--resume", default=False,
+              help="Continue from <out>/checkpoints/latest.json."),
+        param("overwrite", bool, "--overwrite", default=False,
+              help="Start again in an --out that holds a run."),
+        param("address", str | None, "--address", help="Ray cluster address for --workers > 1."),
+        param("config_file", Path | None, "--config-file",
+              help="JSON object of TrainConfig fields over the preset."),
+        param("set_", list[str] | None, "--set",
+              help="KEY=VALUE for any TrainConfig field (VALUE as JSON: --set shift=5 "
+              "--set tasks='{\"t2v\": 1, \"i2v\": 2}'), repeatable; applied last."),
+    ]  # fmt: skip
+
+
+base.__signature__ = inspect.Signature(_parameters())
+app.command("base")(base)
 
 if __name__ == "__main__":
     app()

@@ -9,6 +9,7 @@ GPUs, or wrapped in DDP on CPU, where FSDP brings nothing. Checkpoints always ho
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,13 +113,6 @@ def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return full
 
 
-def _worker(loop_config: dict) -> None:
-    from training.train_base import train
-
-    cfg = TrainConfig.from_dict(loop_config["config"])
-    train(cfg, resume=loop_config["resume"], overwrite=loop_config["overwrite"])
-
-
 def absolute_paths(cfg: TrainConfig) -> dict:
     """The config as a dict with every local path (weights, encoders, data, out) absolute;
     backend names such as ``tiny-random`` are kept."""
@@ -133,13 +127,25 @@ def absolute_paths(cfg: TrainConfig) -> dict:
 
 
 def run_ray(
-    cfg: TrainConfig, resume: bool = False, address: str | None = None, overwrite: bool = False
+    loop: Callable[..., object],
+    cfg: TrainConfig,
+    resume: bool = False,
+    address: str | None = None,
+    overwrite: bool = False,
 ) -> None:
-    """Run ``train`` on ``cfg.workers`` Ray Train workers (multi-GPU / multi-node).
+    """Run ``loop(cfg, resume=..., overwrite=...)`` on ``cfg.workers`` Ray Train workers
+    (multi-GPU / multi-node); ``loop`` is a training loop's entry point, e.g.
+    ``training.train_base.train``, importable on every worker.
 
     Paths are made absolute because workers may start in another directory; they must be
-    on storage every worker sees (shared folder or a mounted bucket).
+    on storage every worker sees (shared folder or a mounted bucket). Each worker rebuilds
+    the config with ``type(cfg).from_dict``.
     """
+    if not callable(loop):
+        raise TypeError(
+            "run_ray(loop, cfg, ...): pass the training loop first, e.g. "
+            "run_ray(training.train_base.train, cfg)"
+        )
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -150,8 +156,15 @@ def run_ray(
     out = Path(config["out_dir"])
     use_gpu = cfg.gpus_per_worker > 0
     resources = {"GPU": cfg.gpus_per_worker} if use_gpu else {"CPU": 1}
+    config_type = type(cfg)
+
+    def worker(loop_config: dict) -> None:
+        # ``loop`` and ``config_type`` travel by reference (module-level names)
+        run_cfg = config_type.from_dict(loop_config["config"])
+        loop(run_cfg, resume=loop_config["resume"], overwrite=loop_config["overwrite"])
+
     trainer = TorchTrainer(
-        _worker,
+        worker,
         train_loop_config={"config": config, "resume": resume, "overwrite": overwrite},
         scaling_config=ScalingConfig(
             num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=resources

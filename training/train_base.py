@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import random
-import shutil
 import time
 from pathlib import Path
 
@@ -20,24 +18,27 @@ from torch import nn
 from tqdm import tqdm
 
 from curation.manifest import atomic_write_json
-from curation.provenance import code_version
 from curation.video import write_mp4
 from model import flow
-from model.text import ActionEmbeddingCache, TextEncoder, encoder_id
+from model.sampling import Batch, predict_velocity, sample_block
+from model.text import ActionEmbeddingCache, TextEncoder
 from model.tscm import TSCMTransformer, select_history
 from model.vae import VideoVAE
 from training import distributed
-from training.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from training.conditioning import Conditioner, stored_action_cache
 from training.config import TrainConfig
-from training.data import Batch, Conditioner, Mixture, Stream, shard_streams
 from training.ema import EMA
 from training.metrics import MetricsLog
+from training.mixture import Mixture, Stream
+from training.run import (
+    open_run,
+    provenance_labels,
+    rng_state,
+    save_checkpoint,
+    seed_rngs,
+    set_rng_state,
+)
+from training.sources import shard_streams
 
 
 def build_transformer(cfg: TrainConfig) -> TSCMTransformer:
@@ -55,21 +56,6 @@ def build_transformer(cfg: TrainConfig) -> TSCMTransformer:
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     return model
-
-
-def predict_velocity(model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, batch: Batch, keep):
-    """The model's velocity (B, C, Fp, H, W) for noisy prediction latents ``x``."""
-    out = model(
-        hidden_states=x,
-        timestep=flow.sigma_to_timestep(sigma).to(x.device),
-        encoder_hidden_states=batch.text,
-        history=batch.history,
-        history_frame_ids=batch.history_frame_ids,
-        history_keep=keep,
-        history_includes_first_frame=batch.history_first_frame,
-        return_dict=False,
-    )
-    return out[0] if isinstance(out, tuple) else out
 
 
 def flow_matching_loss(
@@ -95,36 +81,9 @@ def flow_matching_loss(
     return flow.flow_loss(v, x0, noise), sigma
 
 
-@torch.no_grad()
-def sample_block(
-    model: nn.Module, batch: Batch, steps: int, shift: float, gen: torch.Generator
-) -> torch.Tensor:
-    """Euler sampling of one prediction block from noise, conditioned on the batch's history."""
-    x = torch.randn(batch.prediction.shape, generator=gen).to(batch.prediction.device)
-    sigmas = flow.sampling_sigmas(steps, shift)
-    for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
-        v = predict_velocity(model, x, s.expand(x.shape[0]), batch, None)
-        x = flow.euler_step(x, v.float(), s.item(), s_next.item())
-    return x
-
-
 def write_video(path: Path, video: torch.Tensor, fps: float = 16.0) -> None:
     """uint8 (T, H, W, 3) -> H.264 mp4, written atomically."""
     write_mp4(path, [video.numpy()], fps, width=video.shape[2], height=video.shape[1])
-
-
-def stored_action_cache(path: Path, cfg: TrainConfig) -> ActionEmbeddingCache | None:
-    """The action cache at ``path`` if ``cfg``'s encoder, style and length built it (checked
-    without loading the encoder), else None."""
-    if not path.exists():
-        return None
-    cache = ActionEmbeddingCache.load(path)
-    ok = (
-        cache.meta.get("encoder_id") == encoder_id(cfg.text_encoder)
-        and cache.meta.get("style") == cfg.action_style
-        and cache.embeddings.shape[2] == cfg.action_len
-    )
-    return cache if ok else None
 
 
 class Trainer:
@@ -142,10 +101,7 @@ class Trainer:
         self.ctx = distributed.context()
         self.out = Path(cfg.out_dir)
         rank = self.ctx.rank
-        torch.manual_seed(cfg.seed + rank)
-        np.random.seed(cfg.seed + rank)
-        random.seed(cfg.seed + rank)
-        self.noise_gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank)
+        self.noise_gen = seed_rngs(cfg.seed, rank)
 
         # latent shards carry VAE latents and event embeddings: the encoders load only when
         # needed (the action cache missing -> UMT5 once; validation samples -> the VAE)
@@ -177,20 +133,8 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm))
 
         self.step = 0
-        ckpt = latest_checkpoint(self.out)
-        if ckpt is not None and not resume:
-            if not overwrite:
-                raise FileExistsError(
-                    f"{self.out} holds a run (step {ckpt.name}); pass --resume to continue "
-                    "it or --overwrite to start again"
-                )
-            if self.ctx.is_main:
-                shutil.rmtree(ckpt.parent)
-            distributed.barrier(self.ctx)
-            ckpt = None
-        if ckpt is not None:
-            state = load_checkpoint(ckpt)
-            check_resumable(state["config"], cfg)
+        state = open_run(self.out, cfg, self.ctx, resume=resume, overwrite=overwrite)
+        if state is not None:
             self._restore(state)
         self.log = MetricsLog(self.out, resume_step=self.step) if self.ctx.is_main else None
 
@@ -212,13 +156,8 @@ class Trainer:
 
     def _labels(self) -> dict:
         """Provenance labels; tiny-random when any model or any sample seen so far is."""
-        return {
-            "tiny_random": self.cfg.tiny_random or self.data_tiny_random,
-            "vae": self._vae.model_id if self._vae is not None else self.cfg.vae,
-            "text_encoder": encoder_id(self.cfg.text_encoder),
-            "transformer": self.cfg.weights or f"random-init:{self.cfg.model}",
-            "code_version": code_version(),
-        }
+        vae_id = self._vae.model_id if self._vae is not None else None
+        return provenance_labels(self.cfg, data_tiny_random=self.data_tiny_random, vae_id=vae_id)
 
     def _state(self) -> dict:
         model_sd, opt_sd = distributed.model_optimizer_state(self.model, self.opt, self.ctx)
@@ -363,19 +302,8 @@ class Trainer:
         return summary
 
 
-def check_resumable(saved: dict, cfg: TrainConfig) -> None:
-    """Refuse to resume a checkpoint made with another config (but see RESUMABLE_CHANGES)."""
-    now = TrainConfig.from_dict(saved).to_dict()
-    want = cfg.to_dict()
-    differ = sorted(
-        k for k in want if k not in TrainConfig.RESUMABLE_CHANGES and now.get(k) != want[k]
-    )
-    if differ:
-        lines = ", ".join(f"{k}: {now.get(k)!r} -> {want[k]!r}" for k in differ)
-        raise ValueError(f"--resume with another config ({lines}); use a new --out")
-
-
 def train(cfg: TrainConfig, *, streams=None, resume: bool = False, overwrite: bool = False) -> dict:
     """Train ``cfg`` (or continue from ``<out>/checkpoints`` with ``resume``; ``overwrite``
-    discards an earlier run's checkpoints there); returns a summary."""
+    discards an earlier run's checkpoints there); returns a summary. On several workers:
+    ``training.distributed.run_ray(train, cfg, resume=..., overwrite=...)``."""
     return Trainer(cfg, streams=streams, resume=resume, overwrite=overwrite).run()
