@@ -20,13 +20,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# Every stage end to end on generated sample data (tiny-random models), then a short training run.
 demo: setup
 	$(BIN)/yume-data sample-sekai --out $(DATA)/sample-sekai --clips $(CLIPS) --video
-	$(BIN)/yume-data sekai-actions --sekai $(DATA)/sample-sekai --out $(DATA)
+	$(BIN)/yume-data sekai-actions --sekai $(DATA)/sample-sekai --root $(DATA)
 	$(BIN)/yume-data clips --videos $(DATA)/sample-sekai/videos --root $(DATA)
-	$(BIN)/yume-data shards verify $(DATA)
-	$(BIN)/yume-data shards stats $(DATA)
-	$(BIN)/yume-train base --config tiny --data $(DATA) --out $(DATA)/runs/tiny-demo --steps 20 --overwrite
+	$(BIN)/yume-data shards verify --root $(DATA)
+	$(BIN)/yume-data shards stats --root $(DATA)
+	$(BIN)/yume-data encode-latents --preset tiny --root $(DATA)
+	$(BIN)/yume-data shards verify --root $(DATA) --decode none
+	$(BIN)/yume-train base --preset tiny --root $(DATA) --out $(DATA)/runs/tiny-demo --steps 20 --overwrite
+	$(BIN)/yume-train base --preset tiny --root $(DATA) --latents --out $(DATA)/runs/tiny-demo-latents --steps 20 --overwrite
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -48,16 +52,16 @@ sample-sekai: setup
 sekai-actions: setup
 ifeq ($(SEKAI),)
 	$(BIN)/yume-data sample-sekai --out $(DATA)/sample-sekai --clips $(CLIPS)
-	$(BIN)/yume-data sekai-actions --sekai $(DATA)/sample-sekai --out $(DATA)
+	$(BIN)/yume-data sekai-actions --sekai $(DATA)/sample-sekai --root $(DATA)
 else
-	$(BIN)/yume-data sekai-actions --sekai $(SEKAI) --out $(DATA)
+	$(BIN)/yume-data sekai-actions --sekai $(SEKAI) --root $(DATA)
 endif
 
 # VIDEOS=<folder of Sekai videos> after `make sekai-actions SEKAI=...`; without it, sample data.
 clips: setup
 ifeq ($(VIDEOS),)
 	$(BIN)/yume-data sample-sekai --out $(DATA)/sample-sekai --clips $(CLIPS) --video
-	$(BIN)/yume-data sekai-actions --sekai $(DATA)/sample-sekai --out $(DATA)
+	$(BIN)/yume-data sekai-actions --sekai $(DATA)/sample-sekai --root $(DATA)
 	$(BIN)/yume-data clips --videos $(DATA)/sample-sekai/videos --root $(DATA)
 else
 	$(BIN)/yume-data clips --videos $(VIDEOS) --root $(DATA)
@@ -68,16 +72,16 @@ endif
 TRAIN_CONFIG ?= tiny
 TRAIN_ARGS   ?=
 train-base: setup
-	$(BIN)/yume-train base --config $(TRAIN_CONFIG) --data $(DATA) --out $(DATA)/runs/$(TRAIN_CONFIG) $(TRAIN_ARGS)
+	$(BIN)/yume-train base --preset $(TRAIN_CONFIG) --root $(DATA) --out $(DATA)/runs/$(TRAIN_CONFIG) $(TRAIN_ARGS)
 
 # Pre-encode clip shards into latent shards (<data>/latents/) for `--latents` training.
 encode-latents: setup
-	$(BIN)/python -m jobs.encode_latents --config $(TRAIN_CONFIG) --data $(DATA)
+	$(BIN)/yume-data encode-latents --preset $(TRAIN_CONFIG) --root $(DATA)
 
 # Check every shard under $(DATA)/shards: members, sha256 vs index, json schema, mp4 frames.
 shards-verify: setup
-	$(BIN)/yume-data shards verify $(DATA)
-	$(BIN)/yume-data shards stats $(DATA)
+	$(BIN)/yume-data shards verify --root $(DATA)
+	$(BIN)/yume-data shards stats --root $(DATA)
 
 clean:
 	rm -rf $(DATA) bench-out

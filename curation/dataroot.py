@@ -6,7 +6,8 @@ Layout (``--root``, default ``./data``)::
     manifests/<stage>.rejects.parquet    every input the stage did not accept
     manifests/<stage>.parts/             resumable in-progress part files of a running stage
     reports/<stage>.json, <stage>_*.png  summaries, provenance and plots
-    clips/<dataset>/                     staged samples before they are packed
+    clips/<dataset>/                     staged clip samples before they are packed
+    latents-staging/<dataset>/           staged latent samples before they are packed
     shards/<dataset>/                    WebDataset shards + index.parquet + *_stats.json
     latents/<dataset>/                   pre-encoded latent shards (same writer)
     screening/                           exported screening CSVs, contact sheets, decisions
@@ -96,8 +97,10 @@ class DataRoot:
         return self.reports / f"{check_name(stage, 'stage')}_{check_name(what, 'plot')}.png"
 
     # -- datasets -------------------------------------------------------------------------------
-    def staging(self, dataset: str) -> Path:
-        return self.path / "clips" / check_name(dataset)
+    def staging(self, dataset: str, kind: str = "clip") -> Path:
+        """Where a stage stages ``kind`` samples of ``dataset`` before they are packed."""
+        top = {"clip": "clips", "latent": "latents-staging"}[kind]
+        return self.path / top / check_name(dataset)
 
     @property
     def shards_dir(self) -> Path:

@@ -1,9 +1,9 @@
-"""Atomic, resumable manifest writing.
+"""Atomic file and table writing, rejects rows and config hashes.
 
-A stage writes its results as part files under ``manifests/<stage>.parts/`` while it runs,
-each part atomically (temporary name, then rename). A rerun reads the keys already in parts
-and skips them; at the end the parts are consolidated into ``manifests/<stage>.parquet``.
-A killed run therefore loses at most the batch in flight and never duplicates a key.
+Everything the pipeline writes goes through ``atomic_write_bytes`` (temporary name in the
+same folder, fsync, rename), so a reader sees the old file or the whole new one; tables are
+validated against their schema on write (``write_table``). Resumable part files are built
+on these in ``curation/stages/parts.py``.
 """
 
 from __future__ import annotations
@@ -63,11 +63,9 @@ def read_provenance(path: str | Path) -> dict:
     return json.loads(meta.get(PROVENANCE_KEY, b"{}"))
 
 
-def reject_row(
-    stage: str, input_: str, reason: str, detail: str, clip_id: str | None = None
-) -> dict:
+def reject_row(stage: str, input_: str, reason: str, detail: str, key: str | None = None) -> dict:
     """One rejects-table row: what was refused (path or id), a reason code and the detail."""
-    return {"stage": stage, "input": input_, "clip_id": clip_id, "reason": reason, "detail": detail}
+    return {"stage": stage, "input": input_, "key": key, "reason": reason, "detail": detail}
 
 
 def rejects_table(rows: Iterable[dict]) -> pa.Table:
@@ -77,20 +75,6 @@ def rejects_table(rows: Iterable[dict]) -> pa.Table:
     return pa.table(cols, schema=REJECTS_SCHEMA)
 
 
-def part_name(keys: Iterable[str]) -> str:
-    """A deterministic part file name for the set of input keys it covers."""
-    h = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:16]
-    return f"part-{h}.parquet"
-
-
 def config_hash(config: dict) -> str:
     """Stable short hash of a JSON-able config, recorded with every output."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def read_parts(parts_dir: str | Path, schema: pa.Schema) -> pa.Table:
-    """Concatenate every finished part in ``parts_dir`` (temporary files are ignored)."""
-    files = sorted(Path(parts_dir).glob("part-*.parquet")) if Path(parts_dir).exists() else []
-    if not files:
-        return schema.empty_table()
-    return pa.concat_tables([conform(pq.read_table(f), schema) for f in files])

@@ -236,5 +236,5 @@ def _write_corrupt(out: Path, rows: list[dict]) -> dict[str, int]:
     rows.append({"videoFile": "not-a-clip-name.mp4", "caption": "unparseable name"})
     rows.append(dict(rows[0]))  # the same clip listed twice
     counts = {r: 1 for r in reasons.values()}
-    counts["duplicate_clip_id"] = 1
+    counts["duplicate_key"] = 1
     return counts

@@ -162,25 +162,3 @@ def discover_segments(root: str | Path) -> tuple[list[dict], list[dict]]:
                 )
             )
     return items, rejects
-
-
-def dedupe(items: list[dict]) -> tuple[list[dict], list[dict]]:
-    """Keep the first item of each clip id; later ones become ``duplicate_clip_id`` rejects."""
-    seen: dict[str, str] = {}
-    kept, rejects = [], []
-    for it in items:
-        first = seen.get(it["clip_id"])
-        if first is None:
-            seen[it["clip_id"]] = it["path"]
-            kept.append(it)
-        else:
-            rejects.append(
-                reject_row(
-                    "actions",
-                    it["path"],
-                    "duplicate_clip_id",
-                    f"clip id also at {first}",
-                    it["clip_id"],
-                )
-            )
-    return kept, rejects

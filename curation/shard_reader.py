@@ -134,6 +134,17 @@ def _action_text(segments: list[dict], pred: Sequence[int]) -> str:
     return best_text
 
 
+def _event_text(captions: dict, pred: Sequence[int]) -> str:
+    """The event caption of the caption window holding most prediction frames ("" if the
+    sample has no per-window captions, or none covers a prediction frame)."""
+    best, best_text = 0, ""
+    for win in captions.get("event_windows") or []:
+        overlap = sum(win["start"] <= f <= win["end"] for f in pred)
+        if overlap > best:
+            best, best_text = overlap, win["text"]
+    return best_text
+
+
 class _Windows:
     """Turn raw samples into windows; bad samples go to the handler, short clips are passed."""
 
@@ -194,7 +205,10 @@ class _Windows:
         else:  # no actions recorded: "None" keys, "·" mouse
             keys = mouse = torch.zeros(len(idx), dtype=torch.int64)
         captions = meta["captions"]
-        event = captions["scene"] if task == "t2v" else captions["event"] or captions["scene"]
+        if task == "t2v":
+            event = captions["scene"]
+        else:  # the caption of the window holding the prediction block, else the clip's
+            event = _event_text(captions, idx[h:]) or captions["event"] or captions["scene"]
         return {
             "__key__": key,
             "video": video,
@@ -208,6 +222,27 @@ class _Windows:
             "source": meta["source"],
             "tiny_random": bool(meta["provenance"]["tiny_random"]),
         }
+
+
+def make_window(
+    sample: dict,
+    history_frames: int,
+    pred_frames: int,
+    *,
+    task: str,
+    rng: random.Random,
+    size: tuple[int, int] | None = None,
+) -> dict | None:
+    """One ``task`` window of one raw shard sample (``__key__``, ``json``, ``mp4``), or None
+    when the clip is too short or does not offer the task.
+
+    The same window the training reader would give (see make_window_dataset for the item
+    fields); for jobs that walk samples one by one, such as pre-encoding latents.
+    """
+    windows = _Windows(
+        history_frames, pred_frames, 1, size, (task,), 1, _Seeds(0), SkipCounter(), 1
+    )
+    return windows.window(sample, rng)
 
 
 class WindowDataset(wds.DataPipeline):

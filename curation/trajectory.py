@@ -7,17 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
+from curation.stages.base import Reject
+
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"  # .npz is a zip archive
 
 
-class TrajectoryError(ValueError):
+class TrajectoryError(Reject):
     """A trajectory file that cannot be used; ``reason`` is the rejects-table code."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 def load_trajectory(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:

@@ -18,16 +18,13 @@ import av
 import cv2
 import numpy as np
 
+from curation.stages.base import Reject
+
 T = TypeVar("T")
 
 
-class VideoError(ValueError):
+class VideoError(Reject):
     """A video cannot be used; ``reason`` is a short code for the rejects table."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 def to_i420(rgb: np.ndarray) -> np.ndarray:

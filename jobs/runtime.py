@@ -20,7 +20,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        # "local": a Ray of its own, never one that happens to run on this machine already
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset INFO lines
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # jobs show their own tqdm bar over items
     ctx.verbose_stats_logs = False

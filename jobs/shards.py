@@ -1,23 +1,28 @@
 """`yume-data shards write|verify|stats`: build, check and summarise WebDataset shards.
 
-ROOT is a data root (every ``shards/<dataset>/`` in it) or one dataset folder. Reports go
-to ``<root>/reports/``. Verification fans shards out over a process pool (decoding is the
-cost); writing is sequential by design, since shard numbering and the index are ordered.
-Entry point for a cluster: ``python -m jobs.shards verify ROOT``.
+ROOT is a data root (every dataset folder in it, see curation.dataroot) or one dataset
+folder; reports go to the data root's reports folder. Verification fans shards out over a
+process pool (decoding is the cost); writing is sequential by design, since shard numbering
+and the index are ordered.
+Entry point for a cluster: ``python -m jobs.shards verify --root ROOT``.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+import typer
+
+from curation.dataroot import DataRoot
 from curation.manifest import atomic_write_json
 from curation.shards import (
     INDEX_NAME,
+    STAGE,
+    check_decode_mode,
     dataset_stats,
     merge_summaries,
     verify_dataset,
@@ -27,15 +32,22 @@ from schemas.actions import KEYS, MOUSE
 
 
 def dataset_dirs(root: str | Path, latents: bool = False) -> tuple[list[Path], Path]:
-    """The dataset folders under ``root`` (and its latent datasets if asked) and the reports folder."""
-    root = Path(root)
-    tops = ["shards", "latents"] if latents else ["shards"]
-    if any((root / top).is_dir() for top in tops):
-        dirs = [d for top in tops if (root / top).is_dir() for d in sorted((root / top).iterdir())]
-        return [d for d in dirs if d.is_dir()], root / "reports"
-    if (root / INDEX_NAME).exists() or any(root.glob("*.tar")):
-        reports = root.parent.parent if root.parent.name == "shards" else root
-        return [root], reports / "reports"
+    """The dataset folders under ``root`` (and its latent datasets if asked) and the reports
+    folder; ``root`` may also be one dataset folder (reports then go to its data root's)."""
+    dirs, data = _datasets(root, latents)
+    return dirs, data.reports
+
+
+def _datasets(root: str | Path, latents: bool) -> tuple[list[Path], DataRoot]:
+    """dataset_dirs, with the data root that gets the reports."""
+    data = DataRoot.at(root)
+    tops = [data.shards_dir, data.latents_dir] if latents else [data.shards_dir]
+    if any(top.is_dir() for top in tops):
+        return data.datasets(latents=latents), data
+    folder = data.path
+    if (folder / INDEX_NAME).exists() or any(folder.glob("*.tar")):
+        owner = DataRoot.of_dataset(folder)
+        return [folder], owner[0] if owner else data
     raise FileNotFoundError(f"{root}: neither a data root with shards/ nor a shard folder")
 
 
@@ -60,7 +72,7 @@ def run_verify(
     root: str | Path, decode: str = "ends", workers: int = 1, report_path: Path | None = None
 ) -> dict:
     """Verify every dataset under ``root``; print a table; write the JSON report."""
-    dirs, reports = dataset_dirs(root, latents=True)
+    dirs, data = _datasets(root, latents=True)
     with _pool(workers) as map_fn:
         datasets = [verify_dataset(d, decode=decode, map_fn=map_fn) for d in dirs]
     report = {
@@ -69,7 +81,7 @@ def run_verify(
         "ok": bool(datasets) and all(d["ok"] for d in datasets),
         "datasets": datasets,
     }
-    report_path = report_path or reports / "shards_verify.json"
+    report_path = report_path or data.report(f"{STAGE}_verify")
     atomic_write_json(report_path, report)
     rows = [
         [
@@ -130,15 +142,16 @@ def _plot(stats: dict, path: Path) -> None:
 
 def run_stats(root: str | Path) -> dict:
     """Samples, hours, fps/resolution/source/action counts per dataset and in total."""
-    dirs, reports = dataset_dirs(root)
+    dirs, data = _datasets(root, latents=False)
     datasets = [dataset_stats(d) for d in dirs]
     total = merge_summaries(datasets)
     total["bytes"] = sum(d["bytes"] for d in datasets)
     for d in [*datasets, total]:
         d["hours"] = round(d["duration_s"] / 3600, 6)
     stats = {"root": str(root), "datasets": datasets, "total": total}
-    atomic_write_json(reports / "shards_stats.json", stats)
-    _plot(stats, reports / "shards_stats.png")
+    report_path, plot_path = data.report(f"{STAGE}_stats"), data.plot(STAGE, "stats")
+    atomic_write_json(report_path, stats)
+    _plot(stats, plot_path)
     rows = [
         [
             d["dataset"] if d.get("kind", "clip") == "clip" else f"{d['dataset']} ({d['kind']})",
@@ -158,7 +171,7 @@ def run_stats(root: str | Path) -> dict:
     print(
         f"generated (rendered, not filmed) samples: {total['generated_count']} of {total['count']}"
     )
-    print(f"report: {reports / 'shards_stats.json'} and shards_stats.png")
+    print(f"report: {report_path} and {plot_path.name}")
     return stats
 
 
@@ -169,15 +182,16 @@ def run_write(
     max_samples: int = 1000,
     max_bytes: int = 2**30,
 ) -> dict:
-    """Pack staged samples into ``<root>/shards/<dataset>/``; rejects to manifests/."""
-    root = Path(root)
+    """Pack staged samples into the root's shard folder of ``dataset``; rejects to its
+    ``shards-<dataset>`` rejects table."""
+    data = DataRoot.at(root)
     summary = write_shards_from_dir(
         staging,
-        root / "shards" / dataset,
+        data.shards(dataset),
         dataset,
         max_samples=max_samples,
         max_bytes=max_bytes,
-        rejects_path=root / "manifests" / f"shards.{dataset}.rejects.parquet",
+        rejects_path=data.rejects(f"{STAGE}-{dataset}"),
     )
     print(
         f"{dataset}: wrote {summary['samples_written']} samples in "
@@ -186,11 +200,79 @@ def run_write(
         f"{summary['indexed_samples']} in the index"
     )
     for r in summary["rejects"][:20]:
-        print(f"  rejected {r['clip_id']}: {r['reason']}: {r['detail']}")
+        print(f"  rejected {r['key']}: {r['reason']}: {r['detail']}")
     return summary
 
 
-if __name__ == "__main__":
-    from jobs.cli import app
+# ---- the command line ------------------------------------------------------------------------
+app = typer.Typer(
+    help="WebDataset shards (shards/<dataset>/<dataset>-%06d.tar + index.parquet): "
+    "write staged samples, verify them against their index and schema, summarise.",
+    no_args_is_help=True,
+)
 
-    app(["shards", *sys.argv[1:]])
+
+@app.command("write")
+def shards_write(
+    staging: Path = typer.Option(..., help="Staging folder of <key>.mp4/.txt/.json samples."),
+    root: Path = typer.Option(Path("data"), help="Data root; shards go to ROOT/shards/DATASET/."),
+    dataset: str = typer.Option(..., help="Dataset name, e.g. real, synthetic, event."),
+    max_samples: int = typer.Option(1000, help="Most samples per shard."),
+    max_bytes: int = typer.Option(2**30, help="Most bytes per shard."),
+) -> None:
+    """Pack complete staged samples not yet indexed into new shards (resumable).
+
+    Bad samples are listed in ROOT/manifests/shards-DATASET.rejects.parquet.
+    """
+    run_write(staging, root, dataset, max_samples=max_samples, max_bytes=max_bytes)
+
+
+@app.command("verify")
+def shards_verify(
+    root: Path = typer.Option(
+        Path("data"), help="Data root (all shards/ and latents/ datasets) or one dataset folder."
+    ),
+    decode: str = typer.Option(
+        "ends",
+        help="mp4 check; the frame count always comes from the container index. 'ends' "
+        "decodes the first and last frame, 'full' decodes every frame (the only mode that "
+        "does), 'none' reads the header only.",
+    ),
+    workers: int = typer.Option(2, help="Processes verifying shards in parallel."),
+    report: Path | None = typer.Option(None, help="JSON report (ROOT/reports/shards_verify.json)."),
+) -> None:
+    """Check shards: members, sha256 vs index, json schema, mp4 frames/fps/size.
+
+    Exits non-zero on any failure; details in the JSON report.
+    """
+
+    try:
+        check_decode_mode(decode)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--decode") from None
+    try:
+        ok = run_verify(root, decode=decode, workers=workers, report_path=report)["ok"]
+    except FileNotFoundError as e:
+        raise typer.BadParameter(str(e), param_hint="--root") from None
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command("stats")
+def shards_stats(
+    root: Path = typer.Option(
+        Path("data"), help="Data root (all shards/ and latents/ datasets) or one dataset folder."
+    ),
+) -> None:
+    """Samples, hours, fps/resolution/source counts, action distribution, and a PNG.
+
+    Writes ROOT/reports/shards_stats.json and shards_stats.png.
+    """
+    try:
+        run_stats(root)
+    except FileNotFoundError as e:
+        raise typer.BadParameter(str(e), param_hint="--root") from None
+
+
+if __name__ == "__main__":
+    app()

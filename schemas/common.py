@@ -8,7 +8,7 @@ REJECTS_SCHEMA = pa.schema(
     [
         pa.field("stage", pa.string(), nullable=False),
         pa.field("input", pa.string(), nullable=False),  # path or id of what was rejected
-        pa.field("clip_id", pa.string()),
+        pa.field("key", pa.string()),  # the item's key (clip id, sample key, shard)
         pa.field("reason", pa.string(), nullable=False),  # short machine-friendly code
         pa.field("detail", pa.string()),  # the human-readable explanation
     ]

@@ -1,4 +1,4 @@
-"""The clips stage and job: re-timed tokens, staged samples, rejects, resume, shards."""
+"""The clips stage and its job on Ray: re-timed tokens, staged samples, rejects, resume, shards."""
 
 from __future__ import annotations
 
@@ -23,21 +23,17 @@ from scipy.spatial.transform import Rotation
 from typer.testing import CliRunner
 
 import curation.video as video_module
-from curation.clips import (
-    ClipsConfig,
-    ClipStage,
-    StaleSampleError,
-    retime_segments,
-    retime_tokens,
-    sample_key,
-)
+from curation.clips import retime_segments, retime_tokens, sample_key
+from curation.dataroot import DataRoot
 from curation.manifest import write_table
 from curation.render import render_clip
 from curation.shard_reader import make_window_dataset
 from curation.shards import verify_dataset
+from curation.stages.base import StaleConfigError
+from curation.stages.clips import ClipsConfig, ClipsStage
 from curation.video import resample_indices
 from jobs.cli import app
-from jobs.clips import ClipsJob, run
+from jobs.runner import RunOptions, run_stage
 from schemas.actions import CLIPS_SCHEMA, KEY_CODE, KEYS, MOUSE, MOUSE_CODE, SEGMENTS_SCHEMA
 from schemas.sample import validate_key, validate_sample
 
@@ -115,8 +111,12 @@ def good_video(tmp_path_factory) -> Path:
     return path
 
 
-def config(videos: Path, root: Path) -> ClipsConfig:
-    return ClipsConfig(videos=str(videos), root=str(root), height=72, width=128)
+def config(videos: Path, **kw) -> ClipsConfig:
+    return ClipsConfig(videos=videos, resolution="72x128", **kw)
+
+
+def run_clips(root: Path, cfg: ClipsConfig, **opts) -> dict:
+    return run_stage(ClipsStage, cfg, RunOptions(root=root, progress=False, **opts))
 
 
 # ---- pure pieces ------------------------------------------------------------------------
@@ -182,14 +182,20 @@ def test_stage_round_trip_matches_the_known_motion(good_video, tmp_path, monkeyp
     real_open = video_module._open
     monkeypatch.setattr(video_module, "_open", lambda *a, **k: CountingReader(real_open(*a, **k)))
     CountingReader.opened.clear()
-    stage = ClipStage(config(good_video.parent, tmp_path))
+    stage = ClipsStage(config(good_video.parent), DataRoot.at(tmp_path))
     stage.setup()
-    task = {
+    item = {
+        "key": sample_key("walk_then_turn"),
+        "input": str(good_video),
         "clip": clip_row("walk_then_turn", "good.mp4"),
         "segments": segment_rows("walk_then_turn"),
     }
-    result = stage.process({"task": [json.dumps(task)]})
-    assert result["status"] == ["done"], result
+    result = stage.process([item])
+    assert [o.status for o in result.outcomes] == ["done"], result.outcomes
+    assert result.outcomes[0].key == "walk_then_turn"
+    (row,) = result.tables["clips"]
+    assert (row["clip_id"], row["frames"], row["segments"]) == ("walk_then_turn", 160, 2)
+    assert row["path"] == "clips/sekai-real/walk_then_turn.mp4" and row["bytes"] > 0
     # The source is opened once and each frame it uses decoded once (160 distinct of 300).
     assert [r.decoded for r in CountingReader.opened] == [160]
     staged = tmp_path / "clips" / "sekai-real"
@@ -264,16 +270,20 @@ def build_root(tmp_path: Path, good_video: Path) -> tuple[Path, Path]:
 
 def test_job_rejects_bad_inputs_resumes_and_writes_shards(ray_local, good_video, tmp_path):
     videos, root = build_root(tmp_path, good_video)
-    job = ClipsJob(config(videos, root), workers=2, progress=False, max_samples=1)
-    summary = run(job)
-    assert (summary["inputs"], summary["accepted"], summary["written"]) == (10, 2, 2)
+    cfg = config(videos, max_samples=1)
+    summary = run_clips(root, cfg, workers=2)
+    assert (summary["inputs"], summary["accepted"], summary["rejected"]) == (10, 2, 8)
+    assert summary["tables"] == {"clips": 2} and summary["exit_code"] == 3
+    assert summary["this_run"]["processed"] == 9  # the duplicate row is rejected up front
     rejects = pq.read_table(root / "manifests" / "clips.rejects.parquet").to_pylist()
-    got = {r["clip_id"]: r["reason"] for r in rejects}
-    want = {k: v[3] for k, v in BAD.items()} | {
+    got = {r["key"]: r["reason"] for r in rejects}
+    want = {sample_key(k): v[3] for k, v in BAD.items()} | {
         "seg_past_end": "segment_beyond_video",
-        "good": "duplicate_clip",
+        "good": "duplicate_key",
     }
     assert got == want and all(r["detail"] for r in rejects)
+    (dup,) = [r for r in rejects if r["reason"] == "duplicate_key"]
+    assert dup["input"] == f"{videos / 'good.mp4'} (repeat 2)"
     samples = pq.read_table(root / "manifests" / "clips.parquet").to_pylist()
     assert sorted(r["clip_id"] for r in samples) == ["good", "odd/../id.v2"]
     assert all(r["frames"] == 160 and (r["height"], r["width"]) == (72, 128) for r in samples)
@@ -298,34 +308,34 @@ def test_job_rejects_bad_inputs_resumes_and_writes_shards(ray_local, good_video,
     report = json.loads((root / "reports" / "clips.json").read_text())
     assert report["rejects_by_reason"]["missing_video"] == 1 and report["output_frames"] == 320
 
-    again = run(job)
-    assert (again["written"], again["skipped_existing"], again["rejected"]) == (0, 2, 8)
+    again = run_clips(root, cfg, workers=2)
+    assert (again["this_run"]["processed"], again["this_run"]["skipped_done"]) == (0, 9)
+    assert (again["accepted"], again["rejected"], again["runs"]) == (2, 8, [1, 2])
     assert again["shards"]["samples_written"] == 0
     assert pq.read_table(root / "manifests" / "clips.parquet").num_rows == 2
 
     # Resuming with another output config would mix two configs in one dataset: refused.
-    with pytest.raises(StaleSampleError):
-        run(ClipsJob(dataclasses.replace(job.config, fps=8.0), progress=False))
+    with pytest.raises(StaleConfigError):
+        run_clips(root, dataclasses.replace(cfg, fps=8.0))
 
     # The CLI runs the same job: exit code 3 says some inputs were rejected.
     cli = CliRunner()
     args = ["clips", "--videos", str(videos), "--root", str(root), "--resolution", "72x128"]
     result = cli.invoke(app, args)
     assert result.exit_code == 3, result.output
-    assert "8 rejected" in result.output
+    assert "accepted 2 + rejected 8" in result.output
     assert "--resolution" in cli.invoke(app, ["clips", "--help"]).output
 
 
 def test_end_to_end_sample_release_actions_clips_shards(ray_local, tmp_path):
-    """sample-sekai (rendered videos) -> sekai-actions -> clips -> verified shards."""
+    """sample-sekai (rendered videos) -> actions -> clips -> verified shards."""
     from curation.sample_sekai import write_sample_release
-    from jobs.sekai_actions import ActionsJob
-    from jobs.sekai_actions import run as run_actions
+    from curation.stages.actions import ActionsConfig, ActionsStage
 
     release, root = tmp_path / "release", tmp_path / "data"
     write_sample_release(release, clips=2, frames=320, seed=3, video=True, video_size=(192, 108))
-    run_actions(ActionsJob(out=root, sekai=[release], progress=False))
-    summary = run(ClipsJob(config(release / "videos", root), progress=False))
+    run_stage(ActionsStage, ActionsConfig(sekai=[release]), RunOptions(root=root, progress=False))
+    summary = run_clips(root, config(release / "videos"))
     assert (summary["inputs"], summary["accepted"], summary["rejected"]) == (2, 2, 0)
     assert verify_dataset(root / "shards" / "sekai-real", decode="full")["ok"]
     truth = {r["clip_id"]: r for r in pq.read_table(release / "ground_truth.parquet").to_pylist()}
@@ -435,19 +445,23 @@ def test_killed_job_reruns_without_loss_or_duplicates(ray_local, good_video, tmp
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    staged = root / "clips" / "sekai-real"
+    status = root / "manifests" / "clips.parts" / "status"  # one part per committed clip
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
-        if len(list(staged.glob("*.json"))) >= 2:
+        if len(list(status.glob("part-*.parquet"))) >= 2:
             break
         time.sleep(0.2)
     kill_process_tree(proc)
-    done_at_kill = len(list(staged.glob("*.json")))
+    done_at_kill = len(list(status.glob("part-*.parquet")))
     assert 0 < done_at_kill < len(ids), "the kill should land mid-run"
+    assert not (manifests / "clips.parquet").exists()
 
-    summary = run(ClipsJob(config(videos, root), progress=False))
-    assert summary["written"] + summary["skipped_existing"] == len(ids)
-    assert summary["skipped_existing"] >= done_at_kill
+    summary = run_clips(root, config(videos))
+    run = summary["this_run"]
+    assert run["processed"] + run["skipped_done"] == len(ids) == summary["accepted"]
+    assert run["skipped_done"] == done_at_kill and summary["rejected"] == 0
+    samples = pq.read_table(manifests / "clips.parquet").column("key").to_pylist()
+    assert sorted(samples) == ids
     index = (
         pq.read_table(root / "shards" / "sekai-real" / "index.parquet").column("key").to_pylist()
     )

@@ -1,14 +1,19 @@
-"""VAE wrapper, the latent pre-encoding job, and training from clip and latent shards."""
+"""VAE wrapper, the encode-latents stage and job, and training from clip and latent shards."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
+from curation.dataroot import DataRoot
+from curation.manifest import read_provenance
 from curation.shards import (
     LATENT_SAMPLE,
     dataset_stats,
@@ -16,12 +21,17 @@ from curation.shards import (
     verify_dataset,
     write_shards,
 )
-from jobs.encode_latents import EncodeShardStage, run, write_encoded
+from curation.stages.base import StaleConfigError
+from curation.stages.encode_latents import EncodeLatentsConfig, EncodeLatentsStage
+from jobs.encode_latents import PRESETS, from_train_config
+from jobs.runner import RunOptions, run_stage
 from jobs.shards import run_verify
 from model.vae import VideoVAE, latent_shape
+from schemas.latents import LATENTS_MANIFEST_SCHEMA, latent_config_hash
 from tests.test_shards import make_mp4, make_sample
 from training.config import preset
-from training.data import Stream, latent_config_hash, latent_shard_source, read_latent_samples
+from training.mixture import Stream
+from training.sources import latent_shard_source, read_latent_samples
 from training.train_base import train
 
 FRAMES = 24
@@ -43,7 +53,7 @@ def test_tiny_vae_has_wan22_stride_and_decodes() -> None:
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     """A data root with 3 tiny clips of 24 frames (128x64) in 2 sekai-real shards, plus one
-    clip too short for any window."""
+    clip too short for any window. Shared by the module: tests that write latents copy it."""
     root = tmp_path_factory.mktemp("latents-data")
     mp4 = make_mp4(FRAMES, width=128, height=64)
     samples = [
@@ -64,16 +74,44 @@ def data_root(tmp_path_factory):
     return root
 
 
+def _clip_root(data_root: Path, tmp: Path) -> DataRoot:
+    """A root of its own holding a copy of the sekai-real clip shards (the fixture's stays
+    clean for the other tests)."""
+    root = DataRoot.at(tmp / "root")
+    shutil.copytree(data_root / "shards" / "sekai-real", root.shards("sekai-real"))
+    return root
+
+
+def _encode_in_process(
+    config: EncodeLatentsConfig, root: DataRoot, shard: str | None = None
+) -> tuple[EncodeLatentsStage, list, pa.Table, dict]:
+    """Run the stage without Ray: discover, set up, process (one shard, or all), finalize;
+    returns the stage, the outcomes, the manifest rows and what finalize reported."""
+    stage = EncodeLatentsStage(config, root)
+    items = [it for it in stage.discover() if shard is None or it["shard"] == shard]
+    stage.setup()
+    result = stage.process(items)
+    table = pa.Table.from_pylist(result.tables["encode_latents"], schema=LATENTS_MANIFEST_SCHEMA)
+    return stage, result.outcomes, table, stage.finalize({"encode_latents": table})
+
+
 def test_stage_encodes_a_shard_and_training_reads_latent_shards(data_root, tmp_path) -> None:
-    cfg = preset("tiny", height=64, width=128, data_root=str(data_root))
-    stage = EncodeShardStage(cfg.to_dict())
-    shard = sorted((data_root / "shards" / "sekai-real").glob("*.tar"))[0]
-    out = tmp_path / "latents" / "sekai-real"
-    encoded, rejects = stage.process(str(shard))
-    side = write_encoded(cfg, out, str(shard), encoded, rejects)
-    assert len(side["rows"]) == 4 and not side["rejects"]  # 2 clips x (t2v, i2v)
-    (latent_shard,) = indexed_shards(out)  # written by the one shard writer, latent kind
+    train_cfg = preset("tiny", height=64, width=128)
+    cfg = from_train_config(train_cfg)  # what `encode-latents --preset tiny` runs with
     h = latent_config_hash(cfg)
+    assert h == latent_config_hash(train_cfg)  # the latents the trainer asks for
+    root = _clip_root(data_root, tmp_path)
+    shard = str(sorted(root.shards("sekai-real").glob("*.tar"))[0])
+    stage, outcomes, table, fin = _encode_in_process(cfg, root, shard)
+    assert [(o.key, o.status) for o in outcomes] == [
+        ("sekai-real/clip_0", "done"),
+        ("sekai-real/clip_1", "done"),
+    ]
+    ds = fin["datasets"]["sekai-real"]
+    assert ds["samples"] == 4 and ds["shards_written"] == 1  # 2 clips x (t2v, i2v)
+    assert ds["by_task"] == {"t2v": 2, "i2v": 2} and fin["tiny_random"]
+    out = root.latents("sekai-real")
+    (latent_shard,) = indexed_shards(out)  # written by the one shard writer, latent kind
     samples = {
         s["__key__"]: s for t in ("t2v", "i2v") for s in read_latent_samples(latent_shard, t, h)
     }
@@ -82,20 +120,23 @@ def test_stage_encodes_a_shard_and_training_reads_latent_shards(data_root, tmp_p
     hl = i2v["history_latent_frames"]
     assert 1 <= hl <= 2 and i2v["latents"].shape == (48, hl + 2, 4, 8)
     assert t2v["event_emb"].shape == (cfg.event_len, 32) and t2v["tiny_random"]
-    assert {r["task"] for r in side["rows"]} == {"t2v", "i2v"}
+    index = pq.read_table(out / "latents.parquet")
+    assert sorted(index.column("task").to_pylist()) == ["i2v", "i2v", "t2v", "t2v"]
+    assert read_provenance(out / "latents.parquet")["latent_config_hash"] == h
     stats = dataset_stats(out)
     assert stats["count"] == 4 and stats["task_counts"] == {"i2v": 2, "t2v": 2}
     # verify checks members, sha256 and json of latent samples (kind read from the index)
     assert verify_dataset(out)["ok"] and verify_dataset(out)["kind"] == "latent"
-    assert write_encoded(cfg, out, str(shard), encoded, rejects)["rows"] == side["rows"]
+    again = stage.finalize({"encode_latents": table})  # e.g. a rerun after a crash
+    assert again["datasets"]["sekai-real"]["shards_written"] == 0
     assert len(indexed_shards(out)) == 1  # a rerun skips indexed keys: nothing doubles
     with pytest.raises(ValueError, match="another config"):
         read_latent_samples(latent_shard, "t2v", "other-hash")
 
     # the fast path: train from latent shards (no VAE or T5 per step)
     run_cfg = preset(
-        "tiny", height=64, width=128, data_root=str(tmp_path), latents=True, steps=2, val_every=0, ckpt_every=2,
-        out_dir=str(tmp_path / "run"), batch_size=2,
+        "tiny", height=64, width=128, data_root=str(root), latents=True, steps=2, val_every=0,
+        ckpt_every=2, out_dir=str(tmp_path / "run"), batch_size=2,
     )  # fmt: skip
     summary = train(run_cfg)
     assert summary["steps"] == 2 and all(torch.isfinite(torch.tensor(summary["losses"])))
@@ -113,31 +154,49 @@ def test_training_reads_clip_shards_through_the_reader(data_root, tmp_path) -> N
     assert summary["tiny_random"] and (tmp_path / "run" / "checkpoints" / "step-000002.pt").exists()
 
 
-def test_encode_latents_job_on_ray_is_resumable(data_root, ray_local) -> None:
-    cfg = preset("tiny", height=64, width=128, data_root=str(data_root))
-    summary = run(cfg)
+def test_encode_latents_job_on_ray_is_resumable(data_root, tmp_path, ray_local) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(data_root, root)  # the job writes latents: the shared fixture stays clean
+    cfg = dataclasses.replace(PRESETS["tiny"], height=64, width=128)
+    assert cfg.datasets == ["sekai-real"]
+    summary = run_stage(EncodeLatentsStage, cfg, RunOptions(root=root, progress=False))
+    assert (summary["inputs"], summary["accepted"], summary["rejected"]) == (4, 3, 1)
+    assert summary["rejects_by_reason"] == {"no_window": 1} and summary["exit_code"] == 3
+    assert summary["this_run"]["processed"] == 4 and summary["tables"] == {"encode_latents": 6}
     ds = summary["datasets"]["sekai-real"]
-    assert summary["encoded_now"] == 2 and ds["samples"] == 6 and ds["rejected"] == 2
-    assert ds["by_task"] == {"t2v": 3, "i2v": 3} and summary["tiny_random"]
-    index = pq.read_table(data_root / "latents" / "sekai-real" / "latents.parquet").to_pylist()
-    assert len({r["key"] for r in index}) == 6 and {r["task"] for r in index} == {"t2v", "i2v"}
-    assert verify_dataset(data_root / "latents" / "sekai-real", kind=LATENT_SAMPLE)["ok"]
-    report = run_verify(data_root, report_path=data_root / "reports" / "verify-all.json")
+    assert ds["samples"] == 6 and ds["by_task"] == {"t2v": 3, "i2v": 3}
+    assert ds["tiny_random"] and summary["tiny_random"]
+    latents = root / "latents" / "sekai-real"
+    index = pq.read_table(latents / "latents.parquet")
+    rows = index.to_pylist()
+    assert len({r["key"] for r in rows}) == 6 and {r["task"] for r in rows} == {"t2v", "i2v"}
+    assert read_provenance(latents / "latents.parquet")["latent_config_hash"] == (
+        latent_config_hash(cfg)
+    )
+    assert verify_dataset(latents, kind=LATENT_SAMPLE)["ok"]
+    report = run_verify(root, report_path=root / "reports" / "verify-all.json")
     kinds = {(d["dataset"], d["kind"]) for d in report["datasets"]}
     assert report["ok"] and ("sekai-real", "latent") in kinds and ("sekai-real", "clip") in kinds
-    rejects = pq.read_table(data_root / "manifests" / "encode_latents.rejects.parquet").to_pylist()
-    assert {(r["clip_id"], r["reason"]) for r in rejects} == {
-        ("short", "no_t2v_window"),
-        ("short", "no_i2v_window"),
-    }
-    again = run(cfg)  # everything done: nothing re-encoded, same index
-    assert again["encoded_now"] == 0 and again["datasets"]["sekai-real"]["samples"] == 6
+    rejects = pq.read_table(root / "manifests" / "encode_latents.rejects.parquet").to_pylist()
+    assert [(r["key"], r["reason"]) for r in rejects] == [("sekai-real/short", "no_window")]
+    assert rejects[0]["input"].endswith(".tar:short") and rejects[0]["detail"]
+
+    again = run_stage(EncodeLatentsStage, cfg, RunOptions(root=root, progress=False))
+    assert again["this_run"]["processed"] == 0 and again["this_run"]["skipped_done"] == 4
+    assert again["datasets"]["sekai-real"]["samples"] == 6  # nothing re-encoded
+    assert again["datasets"]["sekai-real"]["shards_written"] == 0
+    assert pq.read_table(latents / "latents.parquet").equals(index)  # the same index
+
     # latents made with another size: the job refuses to resume, the trainer to start
-    other = preset("tiny", height=64, width=96, data_root=str(data_root))
+    other = dataclasses.replace(cfg, width=96)
+    with pytest.raises(StaleConfigError, match="another config"):
+        run_stage(EncodeLatentsStage, other, RunOptions(root=root, progress=False))
+    train_other = preset(
+        "tiny", height=64, width=96, data_root=str(root), latents=True,
+        out_dir=str(tmp_path / "run-other"),
+    )  # fmt: skip
     with pytest.raises(ValueError, match="another config"):
-        run(other)
-    with pytest.raises(ValueError, match="another config"):
-        train(dataclasses.replace(other, latents=True, out_dir=str(data_root / "run-other")))
+        train(train_other)
 
 
 @pytest.mark.slow
@@ -149,7 +208,7 @@ def test_ray_train_two_cpu_workers_ddp(data_root, tmp_path, ray_local) -> None:
         "tiny", height=64, width=128, data_root=str(data_root), out_dir=str(tmp_path / "dist"), steps=2,
         val_every=0, ckpt_every=2, workers=2,
     )  # fmt: skip
-    run_ray(cfg)
+    run_ray(train, cfg)
     rows = [json.loads(x) for x in (tmp_path / "dist" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     state = torch.load(tmp_path / "dist" / "checkpoints" / "step-000002.pt", weights_only=False)
@@ -159,7 +218,7 @@ def test_ray_train_two_cpu_workers_ddp(data_root, tmp_path, ray_local) -> None:
 def test_streams_come_from_the_index_skip_missing_tasks_and_fail_fast(data_root, tmp_path) -> None:
     """An i2v-only dataset in a t2v+i2v mixture trains (t2v from the other dataset); a dataset
     whose clips are all shorter than any window is a clear error, not an endless search."""
-    from training.data import shard_streams
+    from training.sources import shard_streams
 
     cfg = preset(
         "tiny", height=64, width=128, data_root=str(data_root), steps=2, val_every=0,
@@ -181,12 +240,10 @@ def test_streams_come_from_the_index_skip_missing_tasks_and_fail_fast(data_root,
 def test_latent_stream_restores_at_its_position_without_replay(data_root, tmp_path) -> None:
     """A latent stream saved mid-epoch continues with the same samples from its position
     (epoch, shard, index), across epochs, without replaying the consumed ones."""
-    cfg = preset("tiny", height=64, width=128, data_root=str(data_root))
-    stage = EncodeShardStage(cfg.to_dict())
-    out = tmp_path / "sekai-real"
-    for shard in sorted((data_root / "shards" / "sekai-real").glob("*.tar")):
-        write_encoded(cfg, out, str(shard), *stage.process(str(shard)))
-    shards = indexed_shards(out)
+    cfg = dataclasses.replace(PRESETS["tiny"], height=64, width=128, max_samples=3)
+    root = _clip_root(data_root, tmp_path)
+    _encode_in_process(cfg, root)  # 6 samples sorted by key, 3 per shard: t2v in both
+    shards = indexed_shards(root.latents("sekai-real"))
     assert len(shards) == 2
     factory = latent_shard_source(shards, "t2v", latent_config_hash(cfg))
     s = Stream(factory, 5)

@@ -2,8 +2,9 @@
 
 1. Labelling: ``label_codes`` against the literal algorithm (one 4x4 inverse and one scipy
    Euler conversion per frame pair) on the same 1800-frame trajectories. Target >= 500x.
-2. The whole sekai-actions job on 2,000 1800-frame npz files (Sekai's per-file size) on this
-   machine, Ray already started (its start-up is reported separately). Target >= 500 files/s.
+2. The whole actions job (``run_stage(ActionsStage, ...)``) on 2,000 1800-frame npz files
+   (Sekai's per-file size) on this machine, Ray already started (its start-up is reported
+   separately). Target >= 500 files/s.
    The same job on 18,208 files, the size of the Sekai-Real-Walking-HQ release, shows the
    rate once the job's fixed costs (Ray Data start, consolidation, plots) are amortised.
 """
@@ -59,8 +60,9 @@ def bench_labelling(trajs: list[np.ndarray]) -> dict:
 def bench_job(trajs: list[np.ndarray], files: int = 2000) -> dict:
     import ray
 
+    from curation.stages.actions import ActionsConfig, ActionsStage
+    from jobs.runner import RunOptions, run_stage
     from jobs.runtime import init_ray
-    from jobs.sekai_actions import ActionsJob, run
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-actions-"))
     try:
@@ -79,8 +81,10 @@ def bench_job(trajs: list[np.ndarray], files: int = 2000) -> dict:
         init_ray(num_cpus=2)
         ray_start_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        summary = run(
-            ActionsJob(out=tmp / "out", trajectories=[src], batch_size=250, progress=False)
+        summary = run_stage(
+            ActionsStage,
+            ActionsConfig(trajectories=[src]),
+            RunOptions(root=tmp / "out", batch_size=250, progress=False),
         )
         job_s = time.perf_counter() - t0
         ray.shutdown()

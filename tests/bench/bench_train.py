@@ -1,5 +1,9 @@
 """Training data paths: steps/s from pre-encoded latent shards vs. raw clip shards (reader +
-VAE + T5 per step), tiny config on CPU, same process; plus the loss change of a 40-step run."""
+VAE + T5 per step), tiny config on CPU, same process; plus the loss change of a 40-step run.
+
+The latents are made by the encode-latents stage in this process (its ``process`` and
+``finalize``, models set up first and not timed), so ``encode_windows_per_s`` is the
+encoders' rate, not Ray's actor start-up."""
 
 from __future__ import annotations
 
@@ -8,8 +12,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from curation.shards import indexed_shards, write_shards
-from jobs.encode_latents import EncodeShardStage, write_encoded
+import pyarrow as pa
+
+from curation.dataroot import DataRoot
+from curation.shards import write_shards
+from curation.stages.encode_latents import EncodeLatentsStage
+from jobs.encode_latents import from_train_config
+from schemas.latents import LATENTS_MANIFEST_SCHEMA
 from tests.test_shards import make_mp4, make_sample
 from training.config import preset
 from training.train_base import train
@@ -32,14 +41,14 @@ def main() -> dict:
         ]
         write_shards(clips, root / "shards" / "sekai-real", "sekai-real", max_samples=4)
 
-        cfg = preset("tiny", data_root=str(root))
-        stage = EncodeShardStage(cfg.to_dict())
+        stage = EncodeLatentsStage(from_train_config(preset("tiny")), DataRoot.at(root))
+        items = list(stage.discover())
+        stage.setup()
         t0 = time.perf_counter()
-        n = 0
-        for tar in indexed_shards(root / "shards" / "sekai-real"):
-            encoded, rejects = stage.process(str(tar))
-            out = root / "latents" / "sekai-real"
-            n += len(write_encoded(cfg, out, str(tar), encoded, rejects)["rows"])
+        result = stage.process(items)
+        assert all(o.status == "done" for o in result.outcomes), result.outcomes
+        rows = pa.Table.from_pylist(result.tables["encode_latents"], schema=LATENTS_MANIFEST_SCHEMA)
+        n = stage.finalize({"encode_latents": rows})["datasets"]["sekai-real"]["samples"]
         encode_s = time.perf_counter() - t0
 
         common = dict(data_root=str(root), steps=STEPS, val_every=0, ckpt_every=10_000)

@@ -1,0 +1,277 @@
+"""The encode-latents stage: clip shards -> latent shards, so training runs neither VAE nor T5.
+
+One item per clip sample of ``shards/<dataset>``. Each clip gives ``windows_per_clip``
+windows per task it offers (the training reader's windows, with the training config's
+frame counts and size), encoded by the VAE and the text encoder (loaded once per actor in
+``setup()``, through ``model.backends``). Latent samples (``latents.pth`` (48, F, h, w) and
+``event_emb.pth`` (Le, D) in float16, and a json of ``schemas.latents``) are staged, then
+``finalize`` packs them into ``latents/<dataset>/`` with the one shard writer and writes
+``latents/<dataset>/latents.parquet`` for the trainer. A clip with no window at all is a
+``no_window`` reject.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from curation.config import option
+from curation.dataroot import check_name
+from curation.manifest import atomic_write_bytes, write_table
+from curation.provenance import provenance
+from curation.shard_reader import make_window
+from curation.shards import LATENT_SAMPLE, iter_shard, read_index, write_shards_from_dir
+from curation.stages.base import Outcome, Reject, Resources, Result, Stage, unexpected
+from schemas.latents import (
+    LATENT_INDEX_SCHEMA,
+    LATENT_SCHEMA_VERSION,
+    LATENTS_MANIFEST_SCHEMA,
+    latent_config,
+    latent_config_hash,
+)
+from schemas.sample import TASKS
+
+
+@dataclass(frozen=True)
+class EncodeLatentsConfig:
+    """The training geometry and encoders the latents are made for (``--preset`` copies
+    them from a training preset), which datasets, and how many windows per clip."""
+
+    datasets: list[str] = option(
+        factory=lambda: ["sekai-real"], help="Clip datasets (shards/<name>) to encode."
+    )
+    height: int = option(128, "Frame height the windows are resized to (cover, centre crop).")
+    width: int = option(224, "Frame width.")
+    pred_latent_frames: int = option(2, "Latent frames of the prediction block.")
+    max_history_latent_frames: int = option(40, "Most latent frames of I2V history.")
+    vae: str = option("tiny-random", "VAE backend: a local Wan2.2 folder or tiny-random.")
+    text_encoder: str = option("tiny-random", "UMT5 backend: a local Wan2.2 folder or tiny-random.")
+    event_len: int = option(64, "Text tokens of the event description.")
+    action_len: int = option(32, "Text tokens of the action description.", output=False)
+    windows_per_clip: int = option(1, "Windows per clip and task.")
+    seed: int = option(0, "Seed of the window positions.")
+    gpus: float = option(0.0, "GPUs per encoder actor.", output=False)
+    max_samples: int = option(1000, "Latent samples per shard at most.", output=False)
+
+    def __post_init__(self) -> None:
+        for name in self.datasets:
+            check_name(name)
+        if min(self.pred_latent_frames, self.max_history_latent_frames, self.windows_per_clip) < 1:
+            raise ValueError("pred_latent_frames, max_history_latent_frames, windows_per_clip >= 1")
+
+
+def _tensor_bytes(t) -> bytes:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(t.contiguous().clone(), buf)
+    return buf.getvalue()
+
+
+class EncodeLatentsStage(Stage[EncodeLatentsConfig]):
+    """Pre-encode clip shards into VAE-latent + text-embedding shards for `--latents` training.
+
+    Reads shards/<dataset>/ under --root, writes latents/<dataset>/ (shards, index, stats,
+    latents.parquet), manifests/encode_latents.parquet (one row per latent sample), its
+    rejects and reports/encode_latents.json. One actor per model copy (--workers, --gpus).
+    Rerunning resumes; latents made with another geometry or encoder are refused.
+    """
+
+    name = "encode_latents"
+    config_cls = EncodeLatentsConfig
+    tables = {"encode_latents": LATENTS_MANIFEST_SCHEMA}
+    sort_by = {"encode_latents": ["dataset", "key"]}
+
+    @property
+    def resources(self) -> Resources:  # type: ignore[override]
+        return Resources(cpus=1, gpus=self.config.gpus, actor=True, batch_size=8)
+
+    def staging(self, dataset: str) -> Path:
+        return self.root.staging(dataset, kind="latent")
+
+    def owned_outputs(self) -> list[Path]:
+        return [p for d in self.config.datasets for p in (self.staging(d), self.root.latents(d))]
+
+    def describe_inputs(self) -> str:
+        return ", ".join(str(self.root.shards(d)) for d in self.config.datasets)
+
+    def provenance_extra(self) -> dict:
+        return {"latent_config_hash": latent_config_hash(self.config)}
+
+    def discover(self) -> Iterator[dict]:
+        for dataset in self.config.datasets:
+            folder = self.root.shards(dataset)
+            if not folder.is_dir():
+                raise FileNotFoundError(f"no clip shards in {folder}: run `yume-data clips` first")
+            for tmp in self.staging(dataset).glob(".*.tmp"):  # a killed run's temporaries
+                tmp.unlink(missing_ok=True)
+            rows = read_index(folder).select(["key", "shard"]).to_pylist()
+            for r in sorted(rows, key=lambda r: (r["shard"], r["key"])):
+                shard = str(folder / r["shard"])
+                yield {
+                    "key": f"{dataset}/{r['key']}",
+                    "input": f"{shard}:{r['key']}",
+                    "dataset": dataset,
+                    "shard": shard,
+                    "clip_key": r["key"],
+                }
+
+    def setup(self) -> None:
+        import torch
+
+        from model.backends import load
+
+        cfg = self.config
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.vae = load("vae", cfg.vae).to(device)
+        self.text = load(
+            "text_encoder", cfg.text_encoder, event_len=cfg.event_len, action_len=cfg.action_len
+        ).to(device)
+        self.config_hash_latent = latent_config_hash(cfg)
+
+    def process(self, batch: list[dict]) -> Result:
+        """Read each shard of the batch once; encode each clip's windows."""
+        outcomes, rows = {}, []
+        by_shard: dict[str, list[dict]] = {}
+        for it in batch:
+            by_shard.setdefault(it["shard"], []).append(it)
+        for shard, items in by_shard.items():
+            wanted = {it["clip_key"]: it for it in items}
+            try:
+                for key, members in iter_shard(shard):
+                    it = wanted.get(key)
+                    if it is None:
+                        continue
+                    try:
+                        rows += self._encode_clip(it, {"__key__": key, **members})
+                        outcomes[it["key"]] = Outcome.done(it)
+                    except Reject as e:
+                        outcomes[it["key"]] = Outcome.rejected(it, e.reason, e.detail)
+                    except Exception as e:  # one bad clip never ends the job
+                        outcomes[it["key"]] = unexpected(it, e)
+            except Exception as e:  # an unreadable shard rejects its clips not yet seen
+                for it in items:
+                    outcomes.setdefault(it["key"], unexpected(it, e))
+            for it in items:
+                detail = f"{it['clip_key']} is in the index but not in {shard}"
+                outcomes.setdefault(it["key"], Outcome.rejected(it, "missing_sample", detail))
+        return Result([outcomes[it["key"]] for it in batch], {"encode_latents": rows})
+
+    def _encode_clip(self, item: dict, sample: dict) -> list[dict]:
+        from model.windows import encode_windows, window_frames
+
+        cfg = self.config
+        meta = json.loads(sample["json"])
+        windows, missing = [], []
+        for task in TASKS:
+            if task not in meta.get("tasks", []):
+                continue
+            history, pred = window_frames(cfg, task)
+            for n in range(cfg.windows_per_clip):
+                rng = random.Random(f"{cfg.seed}/{item['clip_key']}/{task}/{n}")
+                w = make_window(
+                    sample, history, pred, task=task, rng=rng, size=(cfg.height, cfg.width)
+                )
+                if w is None:
+                    missing.append(f"{task}: needs {pred + (task == 'i2v')} frames")
+                    break
+                windows.append((f"{item['clip_key']}-{task}-{n}", w))
+        if not windows:
+            raise Reject(
+                "no_window", f"{meta['frames']} frames give no window ({'; '.join(missing)})"
+            )
+        latents = encode_windows([w for _, w in windows], self.vae, self.text, cfg)
+        rows = []
+        for (key, w), lat in zip(windows, latents, strict=True):
+            lat_meta = {
+                "schema_version": LATENT_SCHEMA_VERSION,
+                "key": key,
+                "task": lat["task"],
+                "source": lat["source"],
+                "source_shard": Path(item["shard"]).name,
+                "latent_shape": list(lat["latents"].shape),
+                "latent_fps": float(w["fps"]) / 4,  # one latent frame per 4 pixel frames
+                "history_latent_frames": int(lat["history_latent_frames"]),
+                "history_starts_at_first_frame": bool(lat["history_starts_at_first_frame"]),
+                "keys": np.asarray(lat["keys"]).tolist(),
+                "mouse": np.asarray(lat["mouse"]).tolist(),
+                "size": [cfg.height, cfg.width],
+                "vae": self.vae.model_id,
+                "text_encoder": self.text.model_id,
+                "config_hash": self.config_hash_latent,
+                "tiny_random": bool(lat["tiny_random"]),
+            }
+            staging = self.staging(item["dataset"])
+            atomic_write_bytes(staging / f"{key}.latents.pth", _tensor_bytes(lat["latents"].half()))
+            atomic_write_bytes(
+                staging / f"{key}.event_emb.pth", _tensor_bytes(lat["event_emb"].half())
+            )
+            atomic_write_bytes(
+                staging / f"{key}.json", json.dumps(lat_meta, sort_keys=True).encode()
+            )
+            rows.append(
+                {
+                    "key": key,
+                    "dataset": item["dataset"],
+                    "clip_key": item["clip_key"],
+                    "task": lat_meta["task"],
+                    "source": lat_meta["source"],
+                    "source_shard": lat_meta["source_shard"],
+                    "latent_frames": lat_meta["latent_shape"][1],
+                    "history_latent_frames": lat_meta["history_latent_frames"],
+                    "tiny_random": lat_meta["tiny_random"],
+                }
+            )
+        return rows
+
+    def finalize(self, tables: dict[str, pa.Table]) -> dict:
+        """Pack the staged latents into shards and write each dataset's latents.parquet."""
+        rows = tables["encode_latents"].to_pylist()
+        prov = provenance(
+            self.name, self.output_config(), latent_config=latent_config(self.config),
+            latent_config_hash=latent_config_hash(self.config),
+        )  # fmt: skip
+        datasets = {}
+        for dataset in self.config.datasets:
+            staging, folder = self.staging(dataset), self.root.latents(dataset)
+            mine = [r for r in rows if r["dataset"] == dataset]
+            packed = None
+            if staging.is_dir():
+                packed = write_shards_from_dir(
+                    staging, folder, dataset, max_samples=self.config.max_samples,
+                    rejects_path=self.root.rejects(f"shards-latents-{dataset}"),
+                    kind=LATENT_SAMPLE,
+                )  # fmt: skip
+            shard_of = {}
+            if folder.is_dir():
+                index = read_index(folder)
+                shard_of = dict(
+                    zip(index["key"].to_pylist(), index["shard"].to_pylist(), strict=True)
+                )
+                table = pa.Table.from_pylist(
+                    [
+                        {f: r[f] for f in LATENT_INDEX_SCHEMA.names if f != "shard"}
+                        | {"shard": shard_of[r["key"]]}
+                        for r in mine
+                        if r["key"] in shard_of
+                    ],
+                    schema=LATENT_INDEX_SCHEMA,
+                )
+                write_table(table, folder / "latents.parquet", LATENT_INDEX_SCHEMA, prov)
+            datasets[dataset] = {
+                "samples": sum(r["key"] in shard_of for r in mine),
+                "by_task": dict(Counter(r["task"] for r in mine)),
+                "tiny_random": any(r["tiny_random"] for r in mine),
+                "shards_written": len(packed["shards_written"]) if packed else 0,
+            }
+        tiny = any(d["tiny_random"] for d in datasets.values())
+        notes = ["tiny-random encoders: these latents are for tests, not training"] if tiny else []
+        return {"datasets": datasets, "tiny_random": tiny, "notes": notes}

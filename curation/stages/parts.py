@@ -1,0 +1,135 @@
+"""Part files: how a running stage records finished work so a killed run resumes.
+
+Each processed batch is written under ``manifests/<stage>.parts/`` as one part per output
+table (``<table>/<part>.parquet``) and, last, its status part (``status/<part>.parquet``:
+one row per item, done or rejected, with the config hash and run number). A batch counts
+only once its status part exists, so a kill at any moment loses at most the batches in
+flight, and rows of a batch that never committed are ignored and rewritten.
+
+The one resume rule, for every stage: an item whose key has a committed status under the
+same config is not processed again (``retry_rejected`` runs rejected ones again, and the
+newest status of an item wins).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curation.manifest import write_table
+from curation.stages.base import Outcome
+from schemas.common import conform
+
+STATUS = "status"
+
+STATUS_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("input", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # done | rejected
+        pa.field("reason", pa.string()),
+        pa.field("detail", pa.string()),
+        pa.field("config_hash", pa.string(), nullable=False),
+        pa.field("run", pa.int32(), nullable=False),  # 1 for the first run on this root
+        pa.field("part", pa.string(), nullable=False),
+    ]
+)
+
+
+def part_name(items: Iterable[tuple[str, str]], run: int) -> str:
+    """A deterministic part name for a batch's (key, input) pairs in one run."""
+    text = "\n".join(sorted(f"{k}\t{i}" for k, i in items))
+    return f"part-{run:04d}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def write_part(
+    parts_dir: Path,
+    name: str,
+    outcomes: list[Outcome],
+    tables: dict[str, pa.Table],
+    schemas: dict[str, pa.Schema],
+    config_hash: str,
+    run: int,
+) -> None:
+    """Write a batch's table parts, then (the commit) its status part, each atomically."""
+    for table, schema in schemas.items():
+        rows = tables.get(table)
+        if rows is None:
+            rows = schema.empty_table()
+        elif not isinstance(rows, pa.Table):
+            rows = pa.Table.from_pylist(list(rows), schema=schema)
+        write_table(rows, parts_dir / table / f"{name}.parquet", schema)
+    status = pa.Table.from_pylist(
+        [
+            {
+                "key": o.key,
+                "input": o.input,
+                "status": o.status,
+                "reason": o.reason,
+                "detail": o.detail,
+                "config_hash": config_hash,
+                "run": run,
+                "part": name,
+            }
+            for o in outcomes
+        ],
+        schema=STATUS_SCHEMA,
+    )
+    write_table(status, parts_dir / STATUS / f"{name}.parquet", STATUS_SCHEMA)
+
+
+def _read_dir(folder: Path, schema: pa.Schema) -> pa.Table:
+    files = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+    if not files:
+        return schema.empty_table()
+    return pa.concat_tables([conform(pq.read_table(f), schema) for f in files])
+
+
+def read_status(parts_dir: Path) -> pa.Table:
+    """The newest committed status of every (key, input), sorted by key then input."""
+    table = _read_dir(parts_dir / STATUS, STATUS_SCHEMA)
+    if table.num_rows == 0:
+        return table
+    rows = table.to_pylist()
+    latest: dict[tuple[str, str], dict] = {}
+    for r in sorted(rows, key=lambda r: (r["run"], r["part"])):
+        latest[(r["key"], r["input"])] = r
+    ordered = [latest[k] for k in sorted(latest)]
+    return pa.Table.from_pylist(ordered, schema=STATUS_SCHEMA)
+
+
+def read_table_parts(parts_dir: Path, table: str, schema: pa.Schema, parts: set[str]) -> pa.Table:
+    """Rows of ``table`` from committed ``parts`` only (uncommitted batches are ignored)."""
+    folder = parts_dir / table
+    files = [folder / f"{p}.parquet" for p in sorted(parts)]
+    found = [f for f in files if f.exists()]
+    if not found:
+        return schema.empty_table()
+    return pa.concat_tables([conform(pq.read_table(f), schema) for f in found])
+
+
+def committed_parts(status: pa.Table) -> set[str]:
+    """Parts whose rows are current: those holding the newest status of some item."""
+    return set(status.column("part").to_pylist())
+
+
+def done_keys(status: pa.Table) -> set[str]:
+    return set(status.filter(pc.equal(status["status"], "done")).column("key").to_pylist())
+
+
+def remove_uncommitted(parts_dir: Path, status: pa.Table, tables: Iterable[str]) -> int:
+    """Delete table parts with no committed status (left by a killed run); how many."""
+    committed = set(_read_dir(parts_dir / STATUS, STATUS_SCHEMA).column("part").to_pylist())
+    removed = 0
+    for table in tables:
+        folder = parts_dir / table
+        for f in folder.glob("part-*.parquet") if folder.is_dir() else []:
+            if f.stem not in committed:
+                f.unlink()
+                removed += 1
+    return removed

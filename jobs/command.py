@@ -1,0 +1,126 @@
+"""One command surface: each stage's ``yume-data`` command is made from its config dataclass.
+
+The options of ``yume-data X`` are the fields of ``XConfig`` (their help and default written
+once, on the field) and of ``RunOptions`` (``--root`` and the execution knobs, the same on
+every command), plus ``--config-file`` and ``--set KEY=VALUE``. Settings apply in order:
+the defaults < ``--config-file`` < named options < ``--set``. A user's mistake (an unknown
+key, a bad value, a root made with another config) is one line on stderr and exit code 2
+(usage) or 1 (cannot run); the job's own exit code is 0 (all accepted) or 3 (some rejected).
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import typer
+
+from curation.config import ConfigError, cli_parameters, cli_values, fields, layered
+from curation.dataroot import DataRootError
+from curation.stages.base import Stage, StaleConfigError
+from jobs.runner import JobError, RunOptions, run_stage
+
+USER_ERRORS = (StaleConfigError, JobError, DataRootError, FileNotFoundError, NotADirectoryError)
+
+
+def fail(message: str, code: int = 1) -> None:
+    """One line on stderr, then exit: a user's mistake is not a traceback."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _common_parameters() -> list[inspect.Parameter]:
+    kw = inspect.Parameter.KEYWORD_ONLY
+    return [
+        inspect.Parameter(
+            "config_file",
+            kw,
+            default=typer.Option(None, help="JSON object of config fields, over the defaults."),
+            annotation=Path | None,
+        ),
+        inspect.Parameter(
+            "set_",
+            kw,
+            default=typer.Option(
+                None, "--set", help="KEY=VALUE for any config field (VALUE as JSON), repeatable."
+            ),
+            annotation=list[str] | None,
+        ),
+    ]
+
+
+def stage_command(
+    app: typer.Typer,
+    name: str,
+    stage_cls: type[Stage],
+    aliases: tuple[str, ...] = (),
+    presets: dict | None = None,
+) -> None:
+    """Register ``yume-data <name>`` for ``stage_cls``; its help is the stage's docstring.
+
+    ``aliases`` are further (hidden) names of the same command; ``presets`` (name -> config)
+    adds ``--preset NAME``, the base the other settings apply over.
+    """
+    config_cls = stage_cls.config_cls
+    clash = set(fields(config_cls)) & set(fields(RunOptions))
+    if clash:
+        raise TypeError(f"{config_cls.__name__} fields {clash} clash with RunOptions")
+
+    def command(**kwargs) -> None:
+        config_file, sets = kwargs.pop("config_file"), kwargs.pop("set_") or []
+        run_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in fields(RunOptions)}
+        try:
+            config = layered(config_cls, None, config_file, cli_values(config_cls, kwargs), sets)
+            opts = layered(RunOptions, None, None, cli_values(RunOptions, run_kwargs))
+        except ConfigError as e:
+            fail(str(e), 2)
+        try:
+            summary = run_stage(stage_cls, config, opts)
+        except USER_ERRORS as e:
+            fail(str(e))
+        print_summary(summary)
+        if summary["exit_code"]:
+            raise typer.Exit(summary["exit_code"])
+
+    params = cli_parameters(config_cls) + cli_parameters(RunOptions) + _common_parameters()
+    if presets:
+        help_text = f"Start from a preset: {', '.join(sorted(presets))} (default: the defaults)."
+        params.insert(0, inspect.Parameter(
+            "preset", inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(None, help=help_text), annotation=str | None,
+        ))  # fmt: skip
+    command.__signature__ = inspect.Signature(params)
+    command.__name__ = name.replace("-", "_")
+    command.__doc__ = reflow(stage_cls.__doc__ or "")
+    app.command(name)(command)
+    for alias in aliases:
+        app.command(alias, hidden=True)(command)
+
+
+def standalone(stage_cls: type[Stage], presets: dict | None = None) -> typer.Typer:
+    """A one-command app for ``python -m jobs.X`` (e.g. under ``ray job submit``)."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    stage_command(app, stage_cls.name, stage_cls, presets=presets)
+    return app
+
+
+def reflow(doc: str) -> str:
+    """A docstring's paragraphs each on one line (the help formatter wraps them itself)."""
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs)
+
+
+def print_summary(s: dict) -> None:
+    """The summary a person reads after a run: accounting, rejects by reason, the report."""
+    if s.get("error"):
+        typer.echo(f"error: {s['error']}", err=True)
+    run = s["this_run"]
+    typer.echo(
+        f"{s['stage']}: inputs {s['inputs']} = accepted {s['accepted']} + rejected "
+        f"{s['rejected']} (this run: found {run['found']}, processed {run['processed']}, "
+        f"already done {run['skipped_done']}; {run['wall_s']} s)"
+    )
+    for reason, n in s["rejects_by_reason"].items():
+        typer.echo(f"  rejected {n:6d}  {reason}")
+    for note in s.get("notes", []):
+        typer.echo(f"  {note}")

@@ -1,0 +1,333 @@
+"""The one job runner: every stage runs through ``run_stage``.
+
+What it does for every stage, so no stage does it itself:
+
+1. makes the root and every path in the config absolute (Ray workers on other nodes run in
+   other working directories), refuses a root holding this stage's output made with another
+   config (``--overwrite`` starts over);
+2. discovers the inputs, de-duplicates keys (reason ``duplicate_key``), records the rejects
+   found while discovering, refuses a known key that now names another input;
+3. skips what is done (``curation/stages/parts.py`` has the one resume rule) and runs the
+   rest as Ray tasks or an actor pool, as the stage's ``resources`` say, with a progress bar;
+   each batch's parts are written by the worker that processed it;
+4. writes every table, the rejects table and ``reports/<stage>.json`` with provenance,
+   atomically; checks that inputs = accepted + rejected and fails loudly when not;
+5. returns the summary, whose ``exit_code`` is 0 (all accepted), 3 (finished with rejects)
+   or 1 (nothing found to work on).
+
+A rerun with more inputs adds them: the tables and the accounting cover every run, and the
+report lists the runs. ``--retry-rejected`` processes earlier rejects again.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from tqdm import tqdm
+
+from curation.config import absolute_paths, option
+from curation.dataroot import DataRoot
+from curation.manifest import atomic_write_json, write_table
+from curation.provenance import provenance
+from curation.stages.base import Outcome, Result, Stage, StaleConfigError, unexpected
+from curation.stages.parts import (
+    part_name,
+    read_status,
+    read_table_parts,
+    remove_uncommitted,
+    write_part,
+)
+from jobs.runtime import init_ray
+from schemas.common import REJECTS_SCHEMA
+
+DUPLICATE = "duplicate_key"
+
+
+class JobError(RuntimeError):
+    """A job cannot run as asked; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where and how a stage runs; none of it changes the output."""
+
+    root: Path = option(Path("data"), "Data root: manifests/, reports/, shards/ ... live here.")
+    overwrite: bool = option(False, "Discard this stage's earlier results in --root first.")
+    retry_rejected: bool = option(False, "Process inputs an earlier run rejected again.")
+    workers: int | None = option(None, "Parallel workers (default: the cluster's CPUs).")
+    batch_size: int | None = option(None, "Items per worker call (default: the stage's).")
+    address: str | None = option(
+        None, "Ray cluster address (default: $RAY_ADDRESS, else a Ray on this machine)."
+    )
+    num_cpus: int | None = option(None, "CPUs of the Ray started on this machine.")
+    progress: bool = option(True, "Show a progress bar.", cli=False)
+
+
+# ---- the worker side ----------------------------------------------------------------------------
+
+_STAGES: dict[tuple, Stage] = {}  # one set-up stage per worker process (tasks reuse workers)
+
+
+def _stage_for(cls: type[Stage], config, root: str) -> Stage:
+    key = (cls.__module__, cls.__qualname__, json.dumps(repr(config)), root)
+    if key not in _STAGES:
+        stage = cls(config, DataRoot.at(root))
+        stage.setup()
+        _STAGES[key] = stage
+    return _STAGES[key]
+
+
+def process_batch(stage: Stage, items: list[dict], run: int) -> list[dict]:
+    """Process one batch and write its parts; returns one status row per item.
+
+    A batch whose ``process`` raises is processed again one item at a time, and an item
+    that still raises is rejected as ``unexpected_error``: one bad input never ends a job.
+    """
+    try:
+        result = stage.process(items)
+    except Exception:
+        outcomes, tables = [], {name: [] for name in stage.tables}
+        for item in items:
+            try:
+                one = stage.process([item])
+            except Exception as e:
+                outcomes.append(unexpected(item, e))
+                continue
+            outcomes += one.outcomes
+            for name, rows in one.tables.items():
+                rows = rows.to_pylist() if isinstance(rows, pa.Table) else rows
+                tables[name].extend(rows)
+        result = Result(outcomes, tables)
+    got = Counter((o.key, o.input) for o in result.outcomes)
+    want = Counter((it["key"], it["input"]) for it in items)
+    if got != want:
+        raise RuntimeError(
+            f"stage {stage.name!r} returned outcomes for {sorted(got)[:3]} but was given "
+            f"{sorted(want)[:3]}: every item needs exactly one outcome (a bug in the stage)"
+        )
+    name = part_name(want, run)
+    write_part(
+        stage.root.parts(stage.name),
+        name,
+        result.outcomes,
+        result.tables,
+        stage.tables,
+        stage.config_hash,
+        run,
+    )
+    return [{"key": o.key, "status": o.status} for o in result.outcomes]
+
+
+def _task_fn(batch: dict, stage_cls, config, root: str, run: int) -> dict:
+    rows = []
+    for payload in batch["payload"]:
+        rows += process_batch(_stage_for(stage_cls, config, root), json.loads(payload), run)
+    return {"key": [r["key"] for r in rows], "status": [r["status"] for r in rows]}
+
+
+class _StageActor:
+    """An actor of the pool: the stage is set up once, then one batch per call."""
+
+    def __init__(self, stage_cls, config, root: str, run: int):
+        self.stage = stage_cls(config, DataRoot.at(root))
+        self.stage.setup()
+        self.run = run
+
+    def __call__(self, batch: dict) -> dict:
+        rows = []
+        for payload in batch["payload"]:
+            rows += process_batch(self.stage, json.loads(payload), self.run)
+        return {"key": [r["key"] for r in rows], "status": [r["status"] for r in rows]}
+
+
+def _run_on_ray(stage: Stage, batches: list[list[dict]], opts: RunOptions, run: int) -> None:
+    import ray
+
+    init_ray(opts.address, opts.num_cpus)
+    res = stage.resources
+    cluster_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    workers = max(
+        1, min(opts.workers or max(1, int(cluster_cpus // max(res.cpus, 1))), len(batches))
+    )
+    ds = ray.data.from_items(
+        [{"payload": json.dumps(b, default=str)} for b in batches],
+        override_num_blocks=len(batches),
+    )
+    args = dict(stage_cls=type(stage), config=stage.config, root=str(stage.root), run=run)
+    ray_args = {"num_cpus": res.cpus, "num_gpus": res.gpus} if res.gpus else {"num_cpus": res.cpus}
+    if res.actor:
+        ds = ds.map_batches(
+            _StageActor,
+            fn_constructor_kwargs=args,
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            **ray_args,
+        )
+    else:
+        ds = ds.map_batches(_task_fn, fn_kwargs=args, batch_size=1, concurrency=workers, **ray_args)
+    total = sum(len(b) for b in batches)
+    with tqdm(total=total, desc=stage.name, unit="item", disable=not opts.progress) as bar:
+        for out in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            bar.update(out.num_rows)
+
+
+# ---- the driver side ----------------------------------------------------------------------------
+
+
+def discover(stage: Stage) -> tuple[list[dict], list[Outcome]]:
+    """The stage's items, first per key; later duplicates and discovery rejects as outcomes."""
+    items, rejected, seen, inputs = [], [], {}, Counter()
+    for item in stage.discover():
+        if not isinstance(item.get("key"), str) or not isinstance(item.get("input"), str):
+            raise RuntimeError(f"stage {stage.name!r} discovered an item without key/input")
+        inputs[(item["key"], item["input"])] += 1
+        if inputs[(item["key"], item["input"])] > 1:  # the very same input listed again
+            item = {
+                **item,
+                "input": f"{item['input']} (repeat {inputs[(item['key'], item['input'])]})",
+            }
+        if item.get("reject"):
+            reason, detail = item["reject"]
+            rejected.append(Outcome.rejected(item, reason, detail))
+        elif item["key"] in seen:
+            detail = f"key {item['key']!r} is also {seen[item['key']]!r}; the first is kept"
+            rejected.append(Outcome.rejected(item, DUPLICATE, detail))
+        else:
+            seen[item["key"]] = item["input"]
+            items.append(item)
+    return items, rejected
+
+
+def _check_config(stage: Stage, status: pa.Table) -> None:
+    found = set(status.column("config_hash").to_pylist()) - {stage.config_hash}
+    if found:
+        raise StaleConfigError(
+            f"{stage.root} holds {stage.name} results made with another config "
+            f"({', '.join(sorted(found))}; this run {stage.config_hash}): rerun with "
+            "--overwrite to start over, or use another --root"
+        )
+
+
+def _check_inputs(stage: Stage, items: list[dict], status: pa.Table) -> None:
+    recorded = {r["key"]: r["input"] for r in status.to_pylist() if r["reason"] != DUPLICATE}
+    for item in items:
+        old = recorded.get(item["key"])
+        if old is not None and old != item["input"]:
+            raise JobError(
+                f"{stage.name}: key {item['key']!r} was made from {old!r}, this run gives "
+                f"{item['input']!r}; rerun with --overwrite to start over, or use another --root"
+            )
+
+
+def clear(stage: Stage) -> None:
+    """Remove this stage's parts, tables, report and its own outputs (``--overwrite``)."""
+    shutil.rmtree(stage.root.parts(stage.name), ignore_errors=True)
+    for table in stage.tables:
+        stage.root.manifest(table).unlink(missing_ok=True)
+    stage.root.rejects(stage.name).unlink(missing_ok=True)
+    stage.root.report(stage.name).unlink(missing_ok=True)
+    for path in stage.owned_outputs():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def run_stage(stage_cls: type[Stage], config, opts: RunOptions | None = None) -> dict:
+    """Run ``stage_cls`` with ``config`` to completion; returns the summary (see module)."""
+    opts = opts or RunOptions()
+    t0 = time.perf_counter()
+    root = DataRoot.at(opts.root)
+    stage = stage_cls(absolute_paths(config), root)
+    parts = root.parts(stage.name)
+    if opts.overwrite:
+        clear(stage)
+    status = read_status(parts)
+    _check_config(stage, status)
+    remove_uncommitted(parts, status, stage.tables)
+    items, rejected = discover(stage)
+    _check_inputs(stage, items, status)
+
+    run = 1 + max(status.column("run").to_pylist(), default=0)
+    latest = {r["key"]: r["status"] for r in status.to_pylist() if r["reason"] != DUPLICATE}
+    redo = {"rejected"} if opts.retry_rejected else set()
+    todo = [it for it in items if latest.get(it["key"], "todo") in {"todo"} | redo]
+    if rejected:
+        name = part_name(((o.key, o.input) for o in rejected), run)
+        write_part(parts, name, rejected, {}, stage.tables, stage.config_hash, run)
+    if todo:
+        size = opts.batch_size or stage.resources.batch_size
+        batches = [todo[i : i + size] for i in range(0, len(todo), size)]
+        _run_on_ray(stage, batches, opts, run)
+
+    status = read_status(parts)
+    summary = write_outputs(stage, status, run_items=items, run_rejected=rejected)
+    summary["this_run"] = {
+        "run": run,
+        "found": len(items) + len(rejected),
+        "processed": len(todo),
+        "skipped_done": len(items) - len(todo),
+        "wall_s": round(time.perf_counter() - t0, 2),
+    }
+    if not items and not rejected:
+        summary["exit_code"] = 1
+        summary["error"] = f"{stage.name}: found no inputs ({stage.describe_inputs()})"
+    atomic_write_json(root.report(stage.name), summary)
+    return summary
+
+
+def write_outputs(
+    stage: Stage, status: pa.Table, run_items: list[dict], run_rejected: list[Outcome]
+) -> dict:
+    """Consolidate the parts into the tables, rejects and report fields; check accounting."""
+    root = stage.root
+    have = {(r["key"], r["input"]) for r in status.to_pylist()}
+    missing = [
+        (it["key"], it["input"])
+        for it in [*run_items, *({"key": o.key, "input": o.input} for o in run_rejected)]
+        if (it["key"], it["input"]) not in have
+    ]
+    if missing:
+        raise RuntimeError(
+            f"{stage.name}: {len(missing)} inputs have no outcome after the run "
+            f"(e.g. {missing[:3]}): inputs != accepted + rejected"
+        )
+    prov = provenance(stage.name, stage.output_config(), **stage.provenance_extra())
+    committed = set(status.column("part").to_pylist())
+    done = status.filter(pc.equal(status["status"], "done"))
+    tables = {}
+    for name, schema in stage.tables.items():
+        table = read_table_parts(root.parts(stage.name), name, schema, committed)
+        order = stage.sort_by.get(name) or [schema.names[0]]
+        table = table.sort_by([(c, "ascending") for c in order])
+        tables[name] = write_table(table, root.manifest(name), schema, prov)
+    rejected = status.filter(pc.equal(status["status"], "rejected"))
+    rejects = pa.table(
+        {
+            "stage": [stage.name] * rejected.num_rows,
+            "input": rejected.column("input"),
+            "key": rejected.column("key"),
+            "reason": rejected.column("reason"),
+            "detail": rejected.column("detail"),
+        }
+    )
+    write_table(rejects, root.rejects(stage.name), REJECTS_SCHEMA, prov)
+    by_reason = dict(Counter(rejected.column("reason").to_pylist()).most_common())
+    summary = {
+        "stage": stage.name,
+        "inputs": status.num_rows,
+        "accepted": done.num_rows,
+        "rejected": rejected.num_rows,
+        "accounted": True,  # checked above: every input of this run has an outcome
+        "rejects_by_reason": by_reason,
+        "runs": sorted(set(status.column("run").to_pylist())),
+        "tables": {name: t.num_rows for name, t in tables.items()},
+        "provenance": prov,
+    }
+    summary |= stage.finalize(tables)
+    summary["exit_code"] = 3 if rejected.num_rows else 0
+    return summary

@@ -1,0 +1,294 @@
+"""The stage contract, checked for every registered stage (like diffusers' model tester mixins).
+
+Each stage command in ``jobs.cli.JOBS`` must have a case here; every case gets the same
+checks: inputs = accepted + rejected with reasons, a rerun skips done work, a killed run
+rerun equals a clean run, a changed config is refused, more inputs are added to the
+accounting, a known key with another input is refused, what reaches Ray holds absolute
+paths, and a run without inputs still writes its tables and report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from functools import cache
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import jobs.runner as runner
+from curation.dataroot import DataRoot
+from curation.manifest import write_table
+from curation.sample_sekai import write_sample_release
+from curation.shards import INDEX_NAME, write_shards
+from curation.stages.actions import ActionsConfig, ActionsStage
+from curation.stages.base import StaleConfigError
+from curation.stages.clips import ClipsConfig, ClipsStage
+from curation.stages.encode_latents import EncodeLatentsConfig, EncodeLatentsStage
+from curation.stages.parts import part_name, write_part
+from jobs.cli import JOBS
+from jobs.encode_latents import PRESETS as ENCODE_PRESETS
+from jobs.runner import JobError, RunOptions, run_stage
+from schemas.actions import CLIPS_SCHEMA
+from schemas.sample import SHARD_INDEX_SCHEMA
+from tests.test_shards import make_mp4, make_sample
+
+
+class ActionsCase:
+    """Six generated Sekai clips with one bad input of each kind."""
+
+    stage = ActionsStage
+
+    def build(self, tmp: Path) -> tuple[ActionsConfig, dict]:
+        info = write_sample_release(tmp / "sekai", clips=4, frames=120, seed=3, corrupt=True)
+        return ActionsConfig(sekai=[tmp / "sekai"], min_frames=20), info["expected_rejects"]
+
+    def changed(self, config: ActionsConfig) -> ActionsConfig:
+        return dataclasses.replace(config, min_frames=40)
+
+    def more(self, tmp: Path, config: ActionsConfig) -> tuple[ActionsConfig, int]:
+        write_sample_release(tmp / "more", clips=2, frames=120, seed=11)
+        for p in (tmp / "more").rglob("*.npz"):  # new clip ids: no clash with the first release
+            p.rename(p.with_name(f"extra_{p.name}"))
+        return dataclasses.replace(config, trajectories=[tmp / "more"]), 2
+
+    def moved(self, tmp: Path, config: ActionsConfig) -> ActionsConfig:
+        """The same clip id from another file, without the original inputs."""
+        src = sorted((tmp / "sekai").rglob("*.npz"))[0]
+        (tmp / "moved").mkdir()
+        shutil.copy(src, tmp / "moved" / src.name)
+        return dataclasses.replace(config, sekai=[], trajectories=[tmp / "moved"])
+
+    def empty(self, tmp: Path) -> ActionsConfig:
+        (tmp / "nothing").mkdir()
+        return ActionsConfig(trajectories=[tmp / "nothing"])
+
+    def relative(self, config: ActionsConfig, base: Path) -> ActionsConfig:
+        return dataclasses.replace(config, sekai=[p.relative_to(base) for p in config.sekai])
+
+
+class ClipsCase:
+    """Two rendered clips from the actions stage, one missing video and one duplicate row."""
+
+    stage = ClipsStage
+
+    def build(self, tmp: Path) -> tuple[ClipsConfig, dict]:
+        release = tmp / "release"
+        write_sample_release(release, clips=2, frames=64, seed=5, video=True, video_size=(64, 36))
+        root = DataRoot.at(tmp / "data")
+        run_stage(ActionsStage, ActionsConfig(sekai=[release], min_frames=8), _opts(root.path))
+        clips = pq.read_table(root.manifest("action_clips")).to_pylist()
+        missing = dict(clips[0], clip_id="no_video", video_file="no_video.mp4")
+        rows = [*clips, missing, clips[0]]  # the last is a duplicate row
+        write_table(
+            pa.Table.from_pylist(rows, CLIPS_SCHEMA), root.manifest("action_clips"), CLIPS_SCHEMA
+        )
+        config = ClipsConfig(videos=release / "videos", resolution="32x64", max_samples=1)
+        return config, {"missing_video": 1, "duplicate_key": 1}
+
+    def changed(self, config: ClipsConfig) -> ClipsConfig:
+        return dataclasses.replace(config, fps=8.0)
+
+    def more(self, tmp: Path, config: ClipsConfig) -> tuple[ClipsConfig, int]:
+        root = DataRoot.at(tmp / "data")
+        rows = pq.read_table(root.manifest("action_clips")).to_pylist()
+        extra = dict(rows[1], clip_id="again_" + rows[1]["clip_id"])
+        write_table(
+            pa.Table.from_pylist([*rows, extra], CLIPS_SCHEMA),
+            root.manifest("action_clips"),
+            CLIPS_SCHEMA,
+        )
+        return config, 1
+
+    def moved(self, tmp: Path, config: ClipsConfig) -> ClipsConfig:
+        other = tmp / "other-videos"
+        shutil.copytree(config.videos, other)
+        return dataclasses.replace(config, videos=other)
+
+    def empty(self, tmp: Path) -> ClipsConfig:
+        root = DataRoot.at(tmp / "data")
+        write_table(CLIPS_SCHEMA.empty_table(), root.manifest("action_clips"), CLIPS_SCHEMA)
+        (tmp / "videos").mkdir()
+        return ClipsConfig(videos=tmp / "videos")
+
+    def relative(self, config: ClipsConfig, base: Path) -> ClipsConfig:
+        return dataclasses.replace(config, videos=config.videos.relative_to(base))
+
+
+@cache
+def _mp4(frames: int) -> bytes:
+    return make_mp4(frames, width=128, height=64)
+
+
+def _clip_samples(keys: list[str], frames: int = 24) -> list[tuple[str, dict[str, bytes]]]:
+    return [(k, make_sample(k, frames, mp4=_mp4(frames), width=128, height=64)) for k in keys]
+
+
+class EncodeLatentsCase:
+    """A 24-frame clip and a 4-frame clip (no window) in two sekai-real clip shards.
+
+    The stage's inputs are the root's clip shards (``<shard>:<key>``), not config paths. Two
+    items make one batch (``_opts``): one encoder actor per run, which has to import the
+    model libraries (seconds) before its first batch."""
+
+    stage = EncodeLatentsStage
+
+    def _write(self, tmp: Path, max_samples: int) -> None:
+        samples = _clip_samples(["clip_0"]) + _clip_samples(["short"], 4)
+        folder = DataRoot.at(tmp / "data").shards("sekai-real")
+        write_shards(samples, folder, "sekai-real", max_samples=max_samples)
+
+    def build(self, tmp: Path) -> tuple[EncodeLatentsConfig, dict]:
+        self._write(tmp, max_samples=1)  # clip_0 | short
+        config = dataclasses.replace(ENCODE_PRESETS["tiny"], height=64, width=128)
+        return config, {"no_window": 1}
+
+    def changed(self, config: EncodeLatentsConfig) -> EncodeLatentsConfig:
+        return dataclasses.replace(config, seed=1)  # other window positions
+
+    def more(self, tmp: Path, config: EncodeLatentsConfig) -> tuple[EncodeLatentsConfig, int]:
+        folder = DataRoot.at(tmp / "data").shards("sekai-real")
+        write_shards(_clip_samples(["extra_0"]), folder, "sekai-real")  # a new shard
+        return config, 1
+
+    def moved(self, tmp: Path, config: EncodeLatentsConfig) -> EncodeLatentsConfig:
+        """The same clips repacked: short now lives in the first shard."""
+        shutil.rmtree(DataRoot.at(tmp / "data").shards("sekai-real"))
+        self._write(tmp, max_samples=2)  # clip_0 short
+        return config
+
+    def empty(self, tmp: Path) -> EncodeLatentsConfig:
+        folder = DataRoot.at(tmp / "data").shards("sekai-real")
+        folder.mkdir(parents=True)
+        write_table(SHARD_INDEX_SCHEMA.empty_table(), folder / INDEX_NAME, SHARD_INDEX_SCHEMA)
+        return dataclasses.replace(ENCODE_PRESETS["tiny"], height=64, width=128)
+
+    def relative(self, config: EncodeLatentsConfig, base: Path) -> EncodeLatentsConfig:
+        return config  # no path fields: the root (and so the inputs) are made absolute
+
+
+CASES = {"actions": ActionsCase(), "clips": ClipsCase(), "encode_latents": EncodeLatentsCase()}
+
+
+def _opts(root: Path, **kw) -> RunOptions:
+    return RunOptions(root=root, batch_size=2, progress=False, **kw)
+
+
+def _tables(stage, root: Path) -> dict:
+    data = DataRoot.at(root)
+    out = {name: pq.read_table(data.manifest(name)).to_pylist() for name in stage.tables}
+    out["rejects"] = sorted(
+        (r["key"], r["reason"]) for r in pq.read_table(data.rejects(stage.name)).to_pylist()
+    )
+    return out
+
+
+def test_every_registered_stage_has_a_contract_case():
+    assert {job.STAGE.name for job in JOBS} == set(CASES)
+
+
+@pytest.fixture(params=sorted(CASES))
+def case(request):
+    return CASES[request.param]
+
+
+def test_accounting_rerun_and_changed_config(case, ray_local, tmp_path):
+    config, expected = case.build(tmp_path)
+    root = tmp_path / "data"
+    s = run_stage(case.stage, config, _opts(root))
+    assert s["accounted"] and s["inputs"] == s["accepted"] + s["rejected"] > 0
+    assert s["rejects_by_reason"] == expected
+    assert s["exit_code"] == (3 if expected else 0)
+    rejects = pq.read_table(DataRoot.at(root).rejects(case.stage.name)).to_pylist()
+    assert len(rejects) == s["rejected"] and all(r["reason"] and r["detail"] for r in rejects)
+    report = json.loads(DataRoot.at(root).report(case.stage.name).read_text())
+    assert (report["inputs"], report["accepted"]) == (s["inputs"], s["accepted"])
+    assert report["provenance"]["config_hash"]
+
+    before = _tables(case.stage, root)
+    again = run_stage(case.stage, config, _opts(root))
+    assert again["this_run"]["processed"] == 0 and _tables(case.stage, root) == before
+
+    with pytest.raises(StaleConfigError, match="--overwrite"):
+        run_stage(case.stage, case.changed(config), _opts(root))
+    fresh = run_stage(case.stage, case.changed(config), _opts(root, overwrite=True))
+    assert fresh["inputs"] == s["inputs"] and fresh["this_run"]["run"] == 1
+
+
+def test_killed_run_then_rerun_equals_a_clean_run(case, ray_local, tmp_path):
+    """A kill leaves committed batches and a batch whose rows were written but whose status
+    was not; the rerun must neither lose nor duplicate anything."""
+    config, _ = case.build(tmp_path)
+    killed = tmp_path / "data"
+    stage = case.stage(config, DataRoot.at(killed))
+    items, _ = runner.discover(stage)
+    stage.setup()
+    runner.process_batch(stage, items[:1], run=1)  # committed before the kill
+    result = stage.process(items[1:2])  # rows written, status never committed
+    name = part_name(((it["key"], it["input"]) for it in items[1:2]), 1)
+    write_part(stage.root.parts(stage.name), name, [], result.tables, stage.tables, "x", 1)
+    (stage.root.parts(stage.name) / "status" / f"{name}.parquet").unlink()
+    resumed = run_stage(case.stage, config, _opts(killed))
+    assert resumed["this_run"]["skipped_done"] == 1
+
+    clean_tmp = tmp_path / "clean"
+    clean_tmp.mkdir()
+    if case.stage is ClipsStage:  # the same upstream manifests in the clean root
+        shutil.copytree(killed / "manifests", clean_tmp / "data" / "manifests",
+                        ignore=shutil.ignore_patterns("clips*"))  # fmt: skip
+    if case.stage is EncodeLatentsStage:  # its inputs are the root's clip shards
+        shutil.copytree(killed / "shards", clean_tmp / "data" / "shards")
+    run_stage(case.stage, config, _opts(clean_tmp / "data"))
+    assert _tables(case.stage, killed) == _tables(case.stage, clean_tmp / "data")
+
+
+def test_more_inputs_are_added_and_a_moved_key_is_refused(case, ray_local, tmp_path):
+    config, _ = case.build(tmp_path)
+    root = tmp_path / "data"
+    first = run_stage(case.stage, config, _opts(root))
+    bigger, added = case.more(tmp_path, config)
+    second = run_stage(case.stage, bigger, _opts(root))
+    assert second["inputs"] == first["inputs"] + added
+    assert second["accepted"] == first["accepted"] + added and second["runs"] == [1, 2]
+    assert second["this_run"]["processed"] == added
+
+    with pytest.raises(JobError, match="--overwrite"):
+        run_stage(case.stage, case.moved(tmp_path, config), _opts(root))
+
+
+def test_what_reaches_ray_is_absolute(case, ray_local, tmp_path, monkeypatch):
+    config, _ = case.build(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+
+    def capture(stage, batches, opts, run):
+        seen["stage"], seen["batches"] = stage, batches
+
+    monkeypatch.setattr(runner, "_run_on_ray", capture)
+    # Nothing ran, so the runner's accounting check must fail loudly.
+    with pytest.raises(RuntimeError, match="no outcome"):
+        run_stage(case.stage, case.relative(config, tmp_path), _opts(Path("data")))
+    stage = seen["stage"]
+    assert stage.root.path.is_absolute() and stage.root.path == tmp_path / "data"
+    for f in dataclasses.fields(stage.config):
+        value = getattr(stage.config, f.name)
+        if f.metadata.get("path") and value:
+            for v in value if isinstance(value, list) else [value]:
+                assert Path(v).is_absolute(), (f.name, v)
+    inputs = [it["input"] for batch in seen["batches"] for it in batch]
+    assert inputs and all(Path(i).is_absolute() for i in inputs)
+
+
+def test_no_input_still_writes_tables_and_report(case, ray_local, tmp_path):
+    config = case.empty(tmp_path)
+    root = DataRoot.at(tmp_path / "data")
+    s = run_stage(case.stage, config, _opts(root.path))
+    assert s["exit_code"] == 1 and "found no inputs" in s["error"]
+    assert s["inputs"] == s["accepted"] == s["rejected"] == 0
+    assert pq.read_table(root.rejects(case.stage.name)).num_rows == 0
+    for name in case.stage.tables:
+        assert pq.read_table(root.manifest(name)).num_rows == 0
+    assert json.loads(root.report(case.stage.name).read_text())["exit_code"] == 1
