@@ -23,11 +23,25 @@ from schemas.common import REJECTS_SCHEMA, conform
 PROVENANCE_KEY = b"yume.provenance"
 
 
+def umask_mode() -> int:
+    """The mode a new file gets under the process umask (0o644 under the usual 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def honour_umask(fd: int) -> None:
+    """Give a ``mkstemp`` file (always 0600) the mode the umask allows, so a dataset written
+    by one user or job can be read by another, as any ``open()`` would have made it."""
+    os.fchmod(fd, umask_mode())
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so readers see the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    honour_umask(fd)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

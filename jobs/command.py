@@ -78,6 +78,9 @@ def stage_command(
             summary = run_stage(stage_cls, config, opts)
         except USER_ERRORS as e:
             fail(str(e))
+        if summary.get("dry_run"):
+            print_dry_run(summary)
+            return
         print_summary(summary)
         if summary["exit_code"]:
             raise typer.Exit(summary["exit_code"])
@@ -108,6 +111,19 @@ def reflow(doc: str) -> str:
     """A docstring's paragraphs each on one line (the help formatter wraps them itself)."""
     paragraphs = inspect.cleandoc(doc).split("\n\n")
     return "\n\n".join(" ".join(p.split()) for p in paragraphs)
+
+
+def print_dry_run(s: dict) -> None:
+    """What a run would do: the inputs it would process and the rejects found already."""
+    typer.echo(
+        f"{s['stage']} (dry run): found {s['found']}, would process "
+        f"{len(s['would_process'])}, already done {s['already_done']}, "
+        f"rejected while discovering {len(s['would_reject'])}"
+    )
+    for name in s["would_process"]:
+        typer.echo(f"  process  {name}")
+    for name, reason in s["would_reject"]:
+        typer.echo(f"  reject   {name}  ({reason})")
 
 
 def print_summary(s: dict) -> None:

@@ -67,6 +67,8 @@ class RunOptions:
         None, "Ray cluster address (default: $RAY_ADDRESS, else a Ray on this machine)."
     )
     num_cpus: int | None = option(None, "CPUs of the Ray started on this machine.")
+    limit: int | None = option(None, "Process at most N new inputs (to try a job on a few).")
+    dry_run: bool = option(False, "List what the run would process, and process nothing.")
     progress: bool = option(True, "Show a progress bar.", cli=False)
 
 
@@ -256,6 +258,19 @@ def run_stage(stage_cls: type[Stage], config, opts: RunOptions | None = None) ->
     latest = {r["key"]: r["status"] for r in status.to_pylist() if r["reason"] != DUPLICATE}
     redo = {"rejected"} if opts.retry_rejected else set()
     todo = [it for it in items if latest.get(it["key"], "todo") in {"todo"} | redo]
+    if opts.limit is not None:
+        todo = todo[: max(opts.limit, 0)]
+        items = [it for it in items if it["key"] in latest or it in todo]
+    if opts.dry_run:
+        return {
+            "stage": stage.name,
+            "dry_run": True,
+            "found": len(items) + len(rejected),
+            "would_process": [it["input"] for it in todo],
+            "would_reject": [(o.input, o.reason) for o in rejected],
+            "already_done": len(items) - len(todo),
+            "exit_code": 0,
+        }
     if rejected:
         name = part_name(((o.key, o.input) for o in rejected), run)
         write_part(parts, name, rejected, {}, stage.tables, stage.config_hash, run)

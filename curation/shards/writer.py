@@ -28,7 +28,7 @@ from pathlib import Path
 import pyarrow as pa
 from tqdm import tqdm
 
-from curation.manifest import atomic_write_json, reject_row, rejects_table, write_table
+from curation.manifest import atomic_write_json, honour_umask, reject_row, rejects_table, write_table
 from curation.provenance import provenance
 from curation.shards.read import (
     INDEX_NAME,
@@ -260,6 +260,7 @@ class ShardWriter:
     def _open_shard(self) -> None:
         name = shard_name(self.dataset, self._next)
         fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=f".{name}.", suffix=".tmp")
+        honour_umask(fd)
         self._tmp = Path(tmp)
         self._file = os.fdopen(fd, "wb")
         self._offset = 0
