@@ -28,6 +28,7 @@ demo: setup
 	$(BIN)/yume-data shards verify --root $(DATA)
 	$(BIN)/yume-data shards stats --root $(DATA)
 	$(BIN)/yume-data encode-latents --preset tiny --root $(DATA)
+	$(BIN)/yume-data recaption --preset tiny --root $(DATA) --window-seconds 10
 	$(BIN)/yume-data shards verify --root $(DATA) --decode none
 	$(BIN)/yume-train base --preset tiny --root $(DATA) --out $(DATA)/runs/tiny-demo --steps 20 --overwrite
 	$(BIN)/yume-train base --preset tiny --root $(DATA) --latents --out $(DATA)/runs/tiny-demo-latents --steps 20 --overwrite

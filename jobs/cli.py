@@ -10,11 +10,12 @@ import typer
 import jobs.actions
 import jobs.clips
 import jobs.encode_latents
+import jobs.recaption
 import jobs.shards
 from jobs.command import stage_command
 
 # Every stage command: jobs/<stage>.py names its stage, command and aliases.
-JOBS = (jobs.actions, jobs.clips, jobs.encode_latents)
+JOBS = (jobs.actions, jobs.clips, jobs.encode_latents, jobs.recaption)
 
 app = typer.Typer(
     help="Build Yume-1.5 training data: Sekai action tokens, video clips, WebDataset shards "

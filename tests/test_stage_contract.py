@@ -29,11 +29,13 @@ from curation.stages.base import StaleConfigError
 from curation.stages.clips import ClipsConfig, ClipsStage
 from curation.stages.encode_latents import EncodeLatentsConfig, EncodeLatentsStage
 from curation.stages.parts import part_name, write_part
+from curation.stages.recaption import RecaptionStage
 from jobs.cli import JOBS
 from jobs.encode_latents import PRESETS as ENCODE_PRESETS
 from jobs.runner import JobError, RunOptions, run_stage
 from schemas.actions import CLIPS_SCHEMA
 from schemas.sample import SHARD_INDEX_SCHEMA
+from tests.test_recaption import RecaptionCase
 from tests.test_shards import make_mp4, make_sample
 
 
@@ -170,7 +172,12 @@ class EncodeLatentsCase:
         return config  # no path fields: the root (and so the inputs) are made absolute
 
 
-CASES = {"actions": ActionsCase(), "clips": ClipsCase(), "encode_latents": EncodeLatentsCase()}
+CASES = {
+    "actions": ActionsCase(),
+    "clips": ClipsCase(),
+    "encode_latents": EncodeLatentsCase(),
+    "recaption": RecaptionCase(),
+}
 
 
 def _opts(root: Path, **kw) -> RunOptions:
@@ -239,7 +246,7 @@ def test_killed_run_then_rerun_equals_a_clean_run(case, ray_local, tmp_path):
     if case.stage is ClipsStage:  # the same upstream manifests in the clean root
         shutil.copytree(killed / "manifests", clean_tmp / "data" / "manifests",
                         ignore=shutil.ignore_patterns("clips*"))  # fmt: skip
-    if case.stage is EncodeLatentsStage:  # its inputs are the root's clip shards
+    if case.stage in (EncodeLatentsStage, RecaptionStage):  # inputs: the root's clip shards
         shutil.copytree(killed / "shards", clean_tmp / "data" / "shards")
     run_stage(case.stage, config, _opts(clean_tmp / "data"))
     assert _tables(case.stage, killed) == _tables(case.stage, clean_tmp / "data")

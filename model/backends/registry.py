@@ -27,9 +27,14 @@ BACKEND_MODULES: dict[tuple[str, str], str] = {
     ("vae", "diffusers"): "model.vae",
     ("text_encoder", "tiny-random"): "model.text",
     ("text_encoder", "diffusers"): "model.text",
+    ("captioner", "openai"): "model.backends.captioner_openai",
+    ("captioner", "lmdeploy"): "model.backends.captioner_lmdeploy",
+    ("captioner", "transformers"): "model.backends.captioner_transformers",
+    ("captioner", "tiny-random"): "model.backends.captioner_transformers",
 }
 
 # kind -> the family a bare local path (no ``<family>:``) stands for. Kinds without an entry
+# need an explicit family (e.g. a captioner path could be lmdeploy or transformers).
 LOCAL_PATH_FAMILY: dict[str, str] = {
     "vae": "diffusers",
     "text_encoder": "diffusers",
