@@ -9,13 +9,27 @@ import typer
 
 import jobs.actions
 import jobs.clips
+import jobs.dedup_captions
 import jobs.encode_latents
 import jobs.recaption
 import jobs.shards
+import jobs.synth
+import jobs.synth_generate
+import jobs.synth_score
+import jobs.synth_select
 from jobs.command import stage_command
 
 # Every stage command: jobs/<stage>.py names its stage, command and aliases.
-JOBS = (jobs.actions, jobs.clips, jobs.encode_latents, jobs.recaption)
+JOBS = (
+    jobs.actions,
+    jobs.clips,
+    jobs.encode_latents,
+    jobs.recaption,
+    jobs.dedup_captions,
+    jobs.synth_generate,
+    jobs.synth_score,
+    jobs.synth_select,
+)
 
 app = typer.Typer(
     help="Build Yume-1.5 training data: Sekai action tokens, video clips, WebDataset shards "
@@ -59,6 +73,7 @@ def sample_sekai(
     typer.echo(f"wrote {info['clips']} clips x {frames} frames to {out}")
 
 
+app.command("synth")(jobs.synth.synth)
 app.add_typer(jobs.shards.app, name="shards")
 
 

@@ -35,8 +35,10 @@ from jobs.encode_latents import PRESETS as ENCODE_PRESETS
 from jobs.runner import JobError, RunOptions, run_stage
 from schemas.actions import CLIPS_SCHEMA
 from schemas.sample import SHARD_INDEX_SCHEMA
+from tests.test_dedup_captions import DedupCaptionsCase
 from tests.test_recaption import RecaptionCase
 from tests.test_shards import make_mp4, make_sample
+from tests.test_synth import SynthGenerateCase, SynthScoreCase, SynthSelectCase
 
 
 class ActionsCase:
@@ -177,6 +179,10 @@ CASES = {
     "clips": ClipsCase(),
     "encode_latents": EncodeLatentsCase(),
     "recaption": RecaptionCase(),
+    "dedup_captions": DedupCaptionsCase(),
+    "synth_generate": SynthGenerateCase(),
+    "synth_score": SynthScoreCase(),
+    "synth_select": SynthSelectCase(),
 }
 
 

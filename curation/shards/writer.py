@@ -28,7 +28,13 @@ from pathlib import Path
 import pyarrow as pa
 from tqdm import tqdm
 
-from curation.manifest import atomic_write_json, honour_umask, reject_row, rejects_table, write_table
+from curation.manifest import (
+    atomic_write_json,
+    honour_umask,
+    reject_row,
+    rejects_table,
+    write_table,
+)
 from curation.provenance import provenance
 from curation.shards.read import (
     INDEX_NAME,

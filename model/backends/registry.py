@@ -27,6 +27,12 @@ BACKEND_MODULES: dict[tuple[str, str], str] = {
     ("vae", "diffusers"): "model.vae",
     ("text_encoder", "tiny-random"): "model.text",
     ("text_encoder", "diffusers"): "model.text",
+    ("embedder", "sentence-transformers"): "model.backends.embedder_st",
+    ("embedder", "tiny-random"): "model.backends.embedder_hash",
+    ("text_to_video", "diffusers"): "model.backends.t2v_wan",
+    ("text_to_video", "tiny-random"): "model.backends.t2v_wan",
+    ("scorer", "builtin"): "model.backends.scorer_builtin",
+    ("scorer", "vbench"): "model.backends.scorer_vbench",
     ("captioner", "openai"): "model.backends.captioner_openai",
     ("captioner", "lmdeploy"): "model.backends.captioner_lmdeploy",
     ("captioner", "transformers"): "model.backends.captioner_transformers",
@@ -38,6 +44,8 @@ BACKEND_MODULES: dict[tuple[str, str], str] = {
 LOCAL_PATH_FAMILY: dict[str, str] = {
     "vae": "diffusers",
     "text_encoder": "diffusers",
+    "embedder": "sentence-transformers",
+    "text_to_video": "diffusers",
 }
 
 _REGISTRY: dict[tuple[str, str], type] = {}
