@@ -8,7 +8,7 @@ DATA    ?= ./data
 SEKAI   ?=
 CLIPS   ?= 8
 
-.PHONY: setup demo test test-all lint bench sekai-actions sample-sekai clips train-base encode-latents shards-verify clean
+.PHONY: setup demo test test-all test-slow lint bench sekai-actions sample-sekai clips train-base encode-latents shards-verify distill sample clean
 
 setup: $(STAMP)
 
@@ -29,15 +29,24 @@ demo: setup
 	$(BIN)/yume-data shards stats --root $(DATA)
 	$(BIN)/yume-data encode-latents --preset tiny --root $(DATA)
 	$(BIN)/yume-data recaption --preset tiny --root $(DATA) --window-seconds 10
+	$(BIN)/python -m curation.sample_openvid $(DATA)/sample-openvid/OpenVid-sample.csv 400 0
+	$(BIN)/yume-data dedup-captions --captions $(DATA)/sample-openvid/OpenVid-sample.csv --n 4 --root $(DATA)
+	$(BIN)/yume-data synth --t2v tiny-random --resolution 32x32 --frames 9 --steps 2 --top-k 3 --root $(DATA) || test $$? -eq 3  # 3: the videos below the top k are rejects
 	$(BIN)/yume-data shards verify --root $(DATA) --decode none
-	$(BIN)/yume-train base --preset tiny --root $(DATA) --out $(DATA)/runs/tiny-demo --steps 20 --overwrite
+	$(BIN)/yume-train base --preset tiny --root $(DATA) --dataset sekai-real-captioned=1 --dataset synthetic:t2v=0.5 --out $(DATA)/runs/tiny-demo --steps 20 --overwrite
 	$(BIN)/yume-train base --preset tiny --root $(DATA) --latents --out $(DATA)/runs/tiny-demo-latents --steps 20 --overwrite
+	$(BIN)/yume-train distill --preset tiny --base $(DATA)/runs/tiny-demo --root $(DATA) --dataset sekai-real-captioned=1 --out $(DATA)/runs/distill-tiny-demo --steps 4 --critic-updates 2 --overwrite
+	$(BIN)/yume-train sample --preset tiny --weights $(DATA)/runs/distill-tiny-demo --actions 'W,W,W+A|a dragon flies overhead,←' --out $(DATA)/samples/distill-tiny-demo.mp4
 
 test: setup
 	$(BIN)/python -m pytest -q
 
 test-all: setup
 	$(BIN)/python -m pytest -q -m ''
+
+# Only the slow end-to-end runs (SIGKILL of the clips job, the two-node Ray cluster, Ray Train DDP).
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
 
 lint: setup
 	$(BIN)/ruff check .
@@ -74,6 +83,18 @@ TRAIN_CONFIG ?= tiny
 TRAIN_ARGS   ?=
 train-base: setup
 	$(BIN)/yume-train base --preset $(TRAIN_CONFIG) --root $(DATA) --out $(DATA)/runs/$(TRAIN_CONFIG) $(TRAIN_ARGS)
+
+# Self-forcing DMD distillation of a base run into a 4-step TSCM generator (DISTILL_ARGS: e.g. --steps 600 --latents).
+DISTILL_BASE ?= $(DATA)/runs/$(TRAIN_CONFIG)
+DISTILL_ARGS ?=
+distill: setup
+	$(BIN)/yume-train distill --preset $(TRAIN_CONFIG) --base $(DISTILL_BASE) --root $(DATA) --out $(DATA)/runs/distill-$(TRAIN_CONFIG) $(DISTILL_ARGS)
+
+# Block-by-block generation under keyboard actions (SAMPLE_ARGS: e.g. --image first.png --blocks 16).
+ACTIONS     ?= W,W,W+A,←
+SAMPLE_ARGS ?=
+sample: setup
+	$(BIN)/yume-train sample --preset $(TRAIN_CONFIG) --weights $(DATA)/runs/distill-$(TRAIN_CONFIG) --actions '$(ACTIONS)' --out $(DATA)/samples/$(TRAIN_CONFIG).mp4 $(SAMPLE_ARGS)
 
 # Pre-encode clip shards into latent shards (<data>/latents/) for `--latents` training.
 encode-latents: setup

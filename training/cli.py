@@ -1,4 +1,4 @@
-"""`yume-train`: the model command line (base training of the TSCM model).
+"""`yume-train`: the model command line (base training, self-forcing distillation, sampling).
 
 Its options are ``TrainConfig``'s fields (help and defaults written once, on the fields),
 layered like every yume-data command: the preset < ``--config-file`` < named options <
@@ -14,7 +14,14 @@ from pathlib import Path
 import typer
 
 from curation.config import ConfigError, cli_parameters, cli_values, layered
-from training.config import PRESETS, TrainConfig
+from training.config import (
+    DISTILL_PRESETS,
+    PRESETS,
+    SAMPLE_PRESETS,
+    DistillConfig,
+    SampleConfig,
+    TrainConfig,
+)
 
 app = typer.Typer(
     help="Train Yume-1.5-style TSCM world models on yume-data shards.",
@@ -116,6 +123,98 @@ def _parameters() -> list[inspect.Parameter]:
 
 base.__signature__ = inspect.Signature(_parameters())
 app.command("base")(base)
+
+
+def _layered(cls, presets: dict, kwargs: dict):
+    """The preset < --config-file < named options < --set config of a command."""
+    name, config_file, sets = kwargs.pop("preset"), kwargs.pop("config_file"), kwargs.pop("set_")
+    if name not in presets:
+        raise ConfigError(f"--preset {name!r}: known presets are {sorted(presets)}")
+    named = cli_values(cls, kwargs)
+    if "datasets" in cls.__dataclass_fields__ and kwargs.get("dataset"):
+        named["datasets"] = parse_datasets(kwargs["dataset"])
+    return layered(cls, presets[name], config_file, named, sets or [])
+
+
+def distill(**kwargs) -> None:
+    """Self-forcing DMD distillation of a base run into a few-step TSCM generator.
+
+    Settings apply in order: the preset, --config-file, the named options, then --set.
+    """
+    resume, overwrite = kwargs.pop("resume"), kwargs.pop("overwrite")
+    try:
+        cfg = _layered(DistillConfig, DISTILL_PRESETS, kwargs)
+    except ConfigError as e:
+        _fail(str(e), 2)
+    if cfg.tiny_random:
+        typer.echo(
+            f"[{cfg.name}] tiny-random / randomly initialised models: outputs are labelled so"
+        )
+    from training.distill import distill as run
+
+    try:
+        summary = run(cfg, resume=resume, overwrite=overwrite)
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        _fail(str(e), 1)
+    summary.pop("losses")
+    typer.echo(json.dumps(summary, indent=2))
+
+
+def sample(**kwargs) -> None:
+    """Generate N blocks under per-block actions (`W,W,W+A,←`) from an image or a text.
+
+    Settings apply in order: the preset, --config-file, the named options, then --set.
+    """
+    try:
+        cfg = _layered(SampleConfig, SAMPLE_PRESETS, kwargs)
+    except ConfigError as e:
+        _fail(str(e), 2)
+    from training.sample import sample as run
+
+    try:
+        summary = run(cfg, echo=typer.echo)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e), 1)
+    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "blocks"}, indent=2))
+
+
+def _command_parameters(cls, presets: dict, run_folder: bool) -> list[inspect.Parameter]:
+    kw = inspect.Parameter.KEYWORD_ONLY
+
+    def param(name, annotation, *decls, default=None, help=""):
+        return inspect.Parameter(
+            name, kw, default=typer.Option(default, *decls, help=help), annotation=annotation
+        )
+
+    extra = [
+        param("dataset", list[str] | None, "--dataset",
+              help="NAME=WEIGHT or NAME:TASK=WEIGHT, repeatable; replaces the preset's mixture."),
+        param("resume", bool, "--resume", default=False,
+              help="Continue from <out>/checkpoints/latest.json."),
+        param("overwrite", bool, "--overwrite", default=False,
+              help="Start again in an --out that holds a run."),
+    ] if run_folder else []  # fmt: skip
+    return [
+        param("preset", str, "--preset", "--config", default="tiny",
+              help=f"Preset: {', '.join(sorted(presets))}."),
+        *cli_parameters(cls),
+        *extra,
+        param("config_file", Path | None, "--config-file",
+              help=f"JSON object of {cls.__name__} fields over the preset."),
+        param("set_", list[str] | None, "--set",
+              help=f"KEY=VALUE for any {cls.__name__} field (VALUE as JSON), repeatable; "
+              "applied last."),
+    ]  # fmt: skip
+
+
+distill.__signature__ = inspect.Signature(
+    _command_parameters(DistillConfig, DISTILL_PRESETS, run_folder=True)
+)
+app.command("distill")(distill)
+sample.__signature__ = inspect.Signature(
+    _command_parameters(SampleConfig, SAMPLE_PRESETS, run_folder=False)
+)
+app.command("sample")(sample)
 
 if __name__ == "__main__":
     app()
