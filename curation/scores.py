@@ -1,20 +1,6 @@
 """VBench's total over the scored dimensions, and the top-k selection (pure logic).
 
-The builtin dimensions (``model/backends/scorer_builtin.py``):
-
-- ``temporal_flickering``: VBench's formula exactly (``vbench/temporal_flickering.py``):
-  every frame as ``cv2.VideoCapture`` reads it (BGR uint8, native size), per consecutive
-  pair the mean absolute difference in float32 over H x W x 3, video score
-  ``(255 - mean) / 255``;
-- ``dynamic_degree_farneback``: VBench's dynamic-degree rule (frames every
-  ``max(1, round(fps / 8))``, per pair the mean of the top 5% flow magnitudes,
-  ``thres = 6 * min(H, W) / 256``, dynamic when at least ``round(4 * n / 16)`` pairs exceed
-  it) with OpenCV Farneback flow in place of RAFT, so it is **not** VBench's
-  ``dynamic_degree`` and is named apart;
-- ``motion_farneback``: the mean of those per-pair values, in pixels of a 256-pixel frame;
-- ``sharpness_laplacian``: variance of the Laplacian of the grey frames, ``v / (v + 100)``;
-- ``exposure_ok``: the fraction of pixels neither crushed (luma <= 5) nor blown (>= 250);
-- ``static_flag``: 1 when no sampled pair moves more than 0.5 pixel (256-pixel frame).
+The builtin dimensions and their definitions are in ``model/backends/scorer_builtin.py``.
 
 ``total`` follows VBench's ``cal_final_score.py``: ``(raw - Min) / (Max - Min) * weight``
 summed over the dimensions present and divided by their weights (VBench's Min/Max and

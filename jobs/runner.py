@@ -78,7 +78,7 @@ _STAGES: dict[tuple, Stage] = {}  # one set-up stage per worker process (tasks r
 
 
 def _stage_for(cls: type[Stage], config, root: str) -> Stage:
-    key = (cls.__module__, cls.__qualname__, json.dumps(repr(config)), root)
+    key = (cls.__module__, cls.__qualname__, repr(config), root)
     if key not in _STAGES:
         stage = cls(config, DataRoot.at(root))
         stage.setup()
@@ -250,7 +250,7 @@ def run_stage(stage_cls: type[Stage], config, opts: RunOptions | None = None) ->
         clear(stage)
     status = read_status(parts)
     _check_config(stage, status)
-    remove_uncommitted(parts, status, stage.tables)
+    remove_uncommitted(parts, stage.tables)
     items, rejected = discover(stage)
     _check_inputs(stage, items, status)
 

@@ -158,18 +158,14 @@ LATENT_SAMPLE = register_kind(
 )
 
 
-# One row per latent sample in `manifests/encode_latents.parquet` (all datasets).
+# One row per latent sample in `manifests/encode_latents.parquet` (all datasets): the
+# latents.parquet row without its shard (not known until packing), plus where it came from.
 LATENTS_MANIFEST_SCHEMA = pa.schema(
     [
-        pa.field("key", pa.string(), nullable=False),  # <clip key>-<task>-<pass>
+        LATENT_INDEX_SCHEMA.field("key"),
         pa.field("dataset", pa.string(), nullable=False),
         pa.field("clip_key", pa.string(), nullable=False),
-        pa.field("task", pa.string(), nullable=False),
-        pa.field("source", pa.string(), nullable=False),
-        pa.field("source_shard", pa.string(), nullable=False),
-        pa.field("latent_frames", pa.int32(), nullable=False),
-        pa.field("history_latent_frames", pa.int32(), nullable=False),
-        pa.field("tiny_random", pa.bool_(), nullable=False),
+        *(f for f in LATENT_INDEX_SCHEMA if f.name not in ("key", "shard")),
     ]
 )
 

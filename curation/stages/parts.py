@@ -18,7 +18,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.manifest import write_table
@@ -113,16 +112,7 @@ def read_table_parts(parts_dir: Path, table: str, schema: pa.Schema, parts: set[
     return pa.concat_tables([conform(pq.read_table(f), schema) for f in found])
 
 
-def committed_parts(status: pa.Table) -> set[str]:
-    """Parts whose rows are current: those holding the newest status of some item."""
-    return set(status.column("part").to_pylist())
-
-
-def done_keys(status: pa.Table) -> set[str]:
-    return set(status.filter(pc.equal(status["status"], "done")).column("key").to_pylist())
-
-
-def remove_uncommitted(parts_dir: Path, status: pa.Table, tables: Iterable[str]) -> int:
+def remove_uncommitted(parts_dir: Path, tables: Iterable[str]) -> int:
     """Delete table parts with no committed status (left by a killed run); how many."""
     committed = set(_read_dir(parts_dir / STATUS, STATUS_SCHEMA).column("part").to_pylist())
     removed = 0
