@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 import jobs.actions
+import jobs.card
 import jobs.clips
 import jobs.dedup_captions
 import jobs.encode_latents
@@ -74,6 +75,7 @@ def sample_sekai(
 
 
 app.command("synth")(jobs.synth.synth)
+app.command("card")(jobs.card.card)
 app.add_typer(jobs.shards.app, name="shards")
 
 

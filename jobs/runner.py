@@ -22,6 +22,7 @@ report lists the runs. ``--retry-rejected`` processes earlier rejects again.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from collections import Counter
@@ -46,6 +47,8 @@ from curation.stages.parts import (
 )
 from jobs.runtime import init_ray
 from schemas.common import REJECTS_SCHEMA
+
+log = logging.getLogger(__name__)
 
 DUPLICATE = "duplicate_key"
 
@@ -292,7 +295,18 @@ def run_stage(stage_cls: type[Stage], config, opts: RunOptions | None = None) ->
         summary["exit_code"] = 1
         summary["error"] = f"{stage.name}: found no inputs ({stage.describe_inputs()})"
     atomic_write_json(root.report(stage.name), summary)
+    refresh_card(root)
     return summary
+
+
+def refresh_card(root: DataRoot) -> None:
+    """Rewrite the data root's dataset card; a card that cannot be written never fails a job."""
+    from curation.card import write_card
+
+    try:
+        write_card(root)
+    except Exception as e:  # noqa: BLE001 - the job's own outputs are already written
+        log.warning("could not refresh the dataset card %s/README.md: %s", root, e)
 
 
 def write_outputs(

@@ -191,7 +191,7 @@ def test_round_trip_index_and_stats(built):
             hashlib.sha256(samples[r["key"]][e]).hexdigest() for e in r["members"]
         ]
         assert r["sizes"] == [len(samples[r["key"]][e]) for e in r["members"]]
-    stats = json.loads((shards / "real-000001_stats.json").read_text())
+    stats = json.loads((shards / "__meta__" / "real-000001_stats.json").read_text())
     assert stats["count"] == 3 and stats["keys"] == ["clip_03", "clip_04", "clip_05"]
     assert stats["fps_counts"] == {"16": 3} and stats["resolution_counts"] == {"64x48": 3}
     assert stats["durations_s"] == [0.75] * 3
@@ -373,7 +373,7 @@ def test_recovery_from_crash_states(built, tmp_path):
     # states a SIGKILL can leave: a temp file, a renamed shard not yet indexed
     (shards / ".real-000003.tar.abc.tmp").write_bytes(b"partial")
     (shards / "real-000003.tar").write_bytes(b"not indexed")
-    (shards / "real-000003_stats.json").write_text("{}")
+    (shards / "__meta__" / "real-000003_stats.json").write_text("{}")
     stage(tmp_path / "staging", {"late": make_sample("late", mp4=samples["clip_00"]["mp4"])})
     summary = write_shards_from_dir(tmp_path / "staging", shards, "real", max_samples=3)
     assert summary["shards_written"] == ["real-000003.tar"]
@@ -385,11 +385,11 @@ def test_recovery_from_crash_states(built, tmp_path):
     assert summary["samples_written"] == 3
     assert verify_dataset(shards)["ok"]
     # a lost index never gets shards deleted: the writer stops and says why
-    before = sorted(p.name for p in shards.iterdir())
-    (shards / "index.parquet").unlink()
-    with pytest.raises(RuntimeError, match="not in index.parquet; refusing"):
+    before = sorted(p.name for p in shards.rglob("*"))
+    (shards / "__meta__" / "index.parquet").unlink()
+    with pytest.raises(RuntimeError, match="not in __meta__/index.parquet; refusing"):
         write_shards_from_dir(tmp_path / "staging", shards, "real")
-    assert sorted(p.name for p in shards.iterdir()) == [n for n in before if n != "index.parquet"]
+    assert sorted(p.name for p in shards.rglob("*")) == [n for n in before if n != "index.parquet"]
 
 
 def test_second_writer_is_locked_out(tmp_path):
@@ -512,7 +512,7 @@ def test_writer_validates_other_sample_kinds(tmp_path):
         (f"lat_{i}", ["json", "latents.pth"], 5) for i in range(3)
     ]
     assert all(r["tasks"] is None for r in index)  # the kind does not say: unknown
-    stats = json.loads((out / "latents-000000_stats.json").read_text())
+    stats = json.loads((out / "__meta__" / "latents-000000_stats.json").read_text())
     assert stats["count"] == 2 and stats["durations_s"] == [1.25, 1.25]
     read = dict(iter_shard(out / "latents-000001.tar"))
     assert read["lat_2"]["latents.pth"] == bytes([2]) * 100
@@ -662,8 +662,8 @@ def test_shards_for_reads_json_for_an_index_older_than_tasks(by_task, mp4, monke
     those rows from the json members of only the shards that have long enough samples."""
     import pyarrow.parquet as pq
 
-    old = pq.read_table(by_task / "index.parquet").drop_columns(["tasks"])
-    pq.write_table(old, by_task / "index.parquet")
+    old = pq.read_table(by_task / "__meta__" / "index.parquet").drop_columns(["tasks"])
+    pq.write_table(old, by_task / "__meta__" / "index.parquet")
     assert read_index(by_task).column("tasks").null_count == 5
     opened = []
     real_iter = read_module.iter_shard

@@ -3,9 +3,12 @@
 Layout of one dataset folder (``DataRoot.shards(ds)`` or ``DataRoot.latents(ds)``)::
 
     <dataset>-000000.tar            samples, members sorted: <key>.json, <key>.mp4, <key>.txt
-    <dataset>-000000_stats.json     per-shard stats (count, bytes, durations, kind's counts)
-    index.parquet                   one row per sample (schemas.sample.SHARD_INDEX_SCHEMA)
+    __meta__/index.parquet          one row per sample (schemas.sample.SHARD_INDEX_SCHEMA)
+    __meta__/<dataset>-000000_stats.json  per-shard stats (count, bytes, durations, counts)
     .lock                           held by the one writer at work
+
+Only tars sit at the top, so ``ray.data.read_webdataset(folder)`` and Hugging Face
+``datasets.load_dataset(folder)`` read the folder as it is (both skip ``__meta__``).
 
 Modules, one concept each: ``read`` (names, the index, reading tars, index queries such
 as ``shards_for``), ``writer`` (ShardWriter and the crash-safe write path), ``verify``
@@ -18,6 +21,7 @@ import to use.
 from curation.shards.read import (
     INDEX_NAME,
     LOCK_NAME,
+    META_DIR,
     ShardError,
     index_kind,
     indexed_shards,
@@ -52,6 +56,7 @@ __all__ = [
     "CLIP_SAMPLE",
     "DECODE_MODES",
     "INDEX_NAME",
+    "META_DIR",
     "LATENT_SAMPLE",
     "LOCK_NAME",
     "SAMPLE_KINDS",

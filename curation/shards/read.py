@@ -24,10 +24,15 @@ from schemas.sample import CLIP_SAMPLE, SHARD_INDEX_SCHEMA, validate_key, valida
 
 log = logging.getLogger(__name__)
 
-# File names inside one dataset folder (the folder itself is curation.dataroot's).
-INDEX_NAME = "index.parquet"
+# File names inside one dataset folder (the folder itself is curation.dataroot's). The index
+# and stats live in ``__meta__/`` so the folder holds only tars at its top: Ray Data skips
+# paths starting with "_" or ".", and Hugging Face ``datasets`` skips "__" folders and
+# hidden files, so both read the folder as WebDataset with no arguments.
+META_DIR = "__meta__"
+INDEX_NAME = f"{META_DIR}/index.parquet"
 LOCK_NAME = ".lock"
 STATS_SUFFIX = "_stats.json"
+OLD_INDEX_NAME = "index.parquet"  # written at the top by yume-data before __meta__/
 
 
 class ShardError(Exception):
@@ -39,8 +44,27 @@ def shard_name(dataset: str, index: int) -> str:
 
 
 def stats_name(shard: str) -> str:
-    """``real-000003.tar`` -> ``real-000003_stats.json`` (video2dataset's naming)."""
-    return shard.removesuffix(".tar") + STATS_SUFFIX
+    """``real-000003.tar`` -> ``__meta__/real-000003_stats.json`` (video2dataset's naming),
+    relative to the dataset folder."""
+    return f"{META_DIR}/{shard.removesuffix('.tar')}{STATS_SUFFIX}"
+
+
+def migrate_layout(shards_dir: str | Path) -> bool:
+    """Move an older folder's top-level index and stats into ``__meta__/``; True if moved.
+
+    Called by the writer under its lock, so a folder written by an older yume-data is
+    upgraded by the next job that writes to it; readers fall back to the old index.
+    """
+    folder = Path(shards_dir)
+    old = folder / OLD_INDEX_NAME
+    if not old.exists() or (folder / INDEX_NAME).exists():
+        return False
+    (folder / META_DIR).mkdir(exist_ok=True)
+    for stats in folder.glob(f"*{STATS_SUFFIX}"):
+        stats.replace(folder / META_DIR / stats.name)
+    old.replace(folder / INDEX_NAME)
+    log.warning("%s: moved index.parquet and stats into %s/", folder, META_DIR)
+    return True
 
 
 def shard_pattern(dataset: str) -> re.Pattern:
@@ -50,6 +74,8 @@ def shard_pattern(dataset: str) -> re.Pattern:
 
 def _read_index(shards_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
     path = Path(shards_dir) / INDEX_NAME
+    if not path.exists() and (Path(shards_dir) / OLD_INDEX_NAME).exists():
+        path = Path(shards_dir) / OLD_INDEX_NAME
     if not path.exists():
         empty = SHARD_INDEX_SCHEMA.empty_table()
         return empty.select(columns) if columns else empty

@@ -41,7 +41,7 @@ def merge_summaries(parts: Iterable[dict]) -> dict:
 def shard_summary(path: str | Path, kind: SampleKind = CLIP_SAMPLE) -> dict:
     """``kind.summarize`` over one shard, from its stats file or else from its json members."""
     path = Path(path)
-    stats_path = path.with_name(stats_name(path.name))
+    stats_path = path.parent / stats_name(path.name)
     if stats_path.exists():
         stats = json.loads(stats_path.read_text())
         if "generated_count" in stats:  # else written by an older version: recount

@@ -39,6 +39,8 @@ from curation.provenance import provenance
 from curation.shards.read import (
     INDEX_NAME,
     LOCK_NAME,
+    META_DIR,
+    migrate_layout,
     read_index,
     shard_name,
     shard_pattern,
@@ -191,8 +193,9 @@ class ShardWriter:
 
     def _recover(self) -> pa.Table:
         """Make the folder agree with the index after a killed run; return the index."""
+        migrate_layout(self.out_dir)
         index = read_index(self.out_dir)
-        for tmp in self.out_dir.glob(".*.tmp"):
+        for tmp in [*self.out_dir.glob(".*.tmp"), *(self.out_dir / META_DIR).glob(".*.tmp")]:
             log.warning("removing temporary file of an interrupted run: %s", tmp)
             tmp.unlink()
         named = set(index.column("shard").to_pylist())
@@ -209,7 +212,8 @@ class ShardWriter:
         used = [int(pattern.match(s).group(1)) for s in present]
         crashed = shard_name(self.dataset, max(used, default=-1) + 1)
         unindexed = []
-        for path in sorted(self.out_dir.iterdir()):
+        meta = self.out_dir / META_DIR
+        for path in sorted([*self.out_dir.iterdir(), *(meta.iterdir() if meta.is_dir() else [])]):
             m = pattern.match(path.name)
             if m and shard_name(self.dataset, int(m.group(1))) not in present:
                 unindexed.append(path)
