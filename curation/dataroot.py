@@ -8,7 +8,7 @@ Layout (``--root``, default ``./data``)::
     reports/<stage>.json, <stage>_*.png  summaries, provenance and plots
     clips/<dataset>/                     staged clip samples before they are packed
     latents-staging/<dataset>/           staged latent samples before they are packed
-    shards/<dataset>/                    WebDataset shards; __meta__/index.parquet, __meta__/*_stats.json
+    shards/<dataset>/                    WebDataset shards (+ __meta__/: index.parquet, stats)
     README.md                            the dataset card (curation/card.py), refreshed by every job
     latents/<dataset>/                   pre-encoded latent shards (same writer)
     screening/                           exported screening CSVs, contact sheets, decisions

@@ -31,6 +31,8 @@ BACKEND_MODULES: dict[tuple[str, str], str] = {
     ("embedder", "tiny-random"): "model.backends.embedder_hash",
     ("text_to_video", "diffusers"): "model.backends.t2v_wan",
     ("text_to_video", "tiny-random"): "model.backends.t2v_wan",
+    ("image_to_video", "diffusers"): "model.backends.i2v_wan",
+    ("image_to_video", "tiny-random"): "model.backends.i2v_wan",
     ("scorer", "builtin"): "model.backends.scorer_builtin",
     ("scorer", "vbench"): "model.backends.scorer_vbench",
     ("captioner", "openai"): "model.backends.captioner_openai",
@@ -46,6 +48,7 @@ LOCAL_PATH_FAMILY: dict[str, str] = {
     "text_encoder": "diffusers",
     "embedder": "sentence-transformers",
     "text_to_video": "diffusers",
+    "image_to_video": "diffusers",
 }
 
 _REGISTRY: dict[tuple[str, str], type] = {}

@@ -29,14 +29,15 @@ _WORDS = (
 ).split()
 
 
-def tiny_wan_pipeline(seed: int = 0):
-    """A ``WanPipeline`` of tiny random components (diffusers' own test sizes), offline."""
-    from diffusers import (
-        AutoencoderKLWan,
-        UniPCMultistepScheduler,
-        WanPipeline,
-        WanTransformer3DModel,
-    )
+def tiny_wan_components(seed: int = 0, in_channels: int = 16, transformers: int = 1) -> dict:
+    """Tiny random Wan pipeline parts (diffusers' own test sizes), offline.
+
+    ``in_channels`` 16 is text-to-video, 36 image-to-video (noise + mask + image latents);
+    ``transformers`` 2 adds ``transformer_2`` (Wan2.2's low-noise expert). Modules are built
+    in a fixed order after ``torch.manual_seed(seed)``, so the same arguments give the same
+    weights.
+    """
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(seed)
@@ -49,18 +50,31 @@ def tiny_wan_pipeline(seed: int = 0):
     )  # fmt: skip
     vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                            temperal_downsample=[False, True, True])  # fmt: skip
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
-        out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2,
-        cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
-    )  # fmt: skip
+    experts = [
+        WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2,
+                              attention_head_dim=12, in_channels=in_channels, out_channels=16,
+                              text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2,
+                              cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                              rope_max_seq_len=32)
+        for _ in range(transformers)
+    ]  # fmt: skip
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
     )
-    for module in (text_encoder, vae, transformer):
+    for module in (text_encoder, vae, *experts):
         module.eval()  # built modules start in training mode: UMT5's dropout would be on
-    return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
-                       scheduler=scheduler, transformer=transformer)  # fmt: skip
+    parts = {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae,
+             "scheduler": scheduler, "transformer": experts[0]}  # fmt: skip
+    if transformers > 1:
+        parts["transformer_2"] = experts[1]
+    return parts
+
+
+def tiny_wan_pipeline(seed: int = 0):
+    """A ``WanPipeline`` of tiny random components (diffusers' own test sizes), offline."""
+    from diffusers import WanPipeline
+
+    return WanPipeline(**tiny_wan_components(seed))
 
 
 @register("text_to_video", "diffusers")
