@@ -23,6 +23,11 @@ from schemas.actions import YUME_KEYS as YUME_KEYS
 from schemas.actions import YUME_MOUSE as YUME_MOUSE
 from schemas.actions import action_text as action_text
 
+# The 3-axis sequences scipy's Rotation.as_euler takes (no axis twice in a row): lower case
+# extrinsic, upper case intrinsic.
+_EXTRINSIC = ("xyz", "xzy", "yxz", "yzx", "zxy", "zyx", "xyx", "xzx", "yxy", "yzy", "zxz", "zyz")
+EULER_SEQUENCES: tuple[str, ...] = _EXTRINSIC + tuple(s.upper() for s in _EXTRINSIC)
+
 
 @dataclass(frozen=True)
 class LabelConfig:

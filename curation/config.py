@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import inspect
 import json
 import types
@@ -39,6 +40,7 @@ def option(
     path: bool = False,
     cli: bool = True,
     flag: str | None = None,
+    choices: tuple[str, ...] | None = None,
 ) -> Any:
     """A config field with its help text.
 
@@ -50,8 +52,10 @@ def option(
         path: a local path, made absolute before it reaches a worker on another node.
         cli: whether the field is a named option (every field is settable with ``--set``).
         flag: the option name when it is not ``--<field-name>``.
+        choices: the only values allowed (a typo fails at parsing, with the choices listed).
     """
-    meta = {"help": help, "output": output, "path": path, "cli": cli, "flag": flag}
+    meta = {"help": help, "output": output, "path": path, "cli": cli, "flag": flag,
+            "choices": choices}  # fmt: skip
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -172,6 +176,12 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
     check_keys(cls, data, where)
     hints = _hints(cls)
     values = {k: coerce(k, hints[k], v) for k, v in data.items()}
+    for name, f in fields(cls).items():
+        choices = f.metadata.get("choices")
+        if choices and name in values and values[name] not in choices:
+            raise ConfigError(
+                f"{where}: {name} {values[name]!r}: choose one of {', '.join(choices)}"
+            )
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:
@@ -272,9 +282,12 @@ def cli_parameters(cls: type, defaults: Any = None) -> list[inspect.Parameter]:
             decls = [f"{flag}/--no-{flag[2:]}"]
         help_text = f.metadata.get("help", "")
         show = _show(shown)
+        choices = f.metadata.get("choices")
+        if choices:  # an Enum: typer lists the choices and refuses a typo at parsing
+            opt_type = enum.Enum(f"{name}_choices", {c: c for c in choices}, type=str)
         default = typer.Option(
             None, *decls, help=f"{help_text} (default: {show})" if show else help_text,
-            show_default=False, metavar=_metavar(opt_type),
+            show_default=False, metavar=None if choices else _metavar(opt_type),
         )  # fmt: skip
         params.append(
             inspect.Parameter(
@@ -334,6 +347,8 @@ def cli_values(cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:
     for name, value in kwargs.items():
         if value is None or name not in hints or value == []:
             continue
+        if isinstance(value, enum.Enum):  # an option with choices
+            value = value.value
         if isinstance(value, str) and _unwrap(hints[name]) not in (str, Path):
             try:
                 value = json.loads(value)

@@ -22,6 +22,10 @@ from curation.stages.base import Reject
 
 T = TypeVar("T")
 
+# libx264 speed presets, fastest first.
+X264_PRESETS: tuple[str, ...] = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium",
+                                  "slow", "slower", "veryslow", "placebo")  # fmt: skip
+
 
 class VideoError(Reject):
     """A video cannot be used; ``reason`` is a short code for the rejects table."""

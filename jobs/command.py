@@ -11,6 +11,7 @@ key, a bad value, a root made with another config) is one line on stderr and exi
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
 
 import typer
@@ -27,6 +28,19 @@ def fail(message: str, code: int = 1) -> None:
     """One line on stderr, then exit: a user's mistake is not a traceback."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def check_root(root: Path) -> None:
+    """Refuse, before Ray starts, a data root that is a file or cannot be made."""
+    root = Path(root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise DataRootError(f"--root {root} is a file, not a folder: pass a folder for the data")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataRootError(f"--root {root}: cannot create it ({e.strerror})") from None
+    if not os.access(root, os.W_OK):
+        raise DataRootError(f"--root {root}: not writable by this user")
 
 
 def _common_parameters() -> list[inspect.Parameter]:
@@ -62,17 +76,25 @@ def stage_command(
     adds ``--preset NAME``, the base the other settings apply over.
     """
     config_cls = stage_cls.config_cls
-    clash = set(fields(config_cls)) & set(fields(RunOptions))
+    clash = set(fields(config_cls)) & (set(fields(RunOptions)) | ({"preset"} if presets else set()))
     if clash:
         raise TypeError(f"{config_cls.__name__} fields {clash} clash with RunOptions")
 
     def command(**kwargs) -> None:
         config_file, sets = kwargs.pop("config_file"), kwargs.pop("set_") or []
+        preset = kwargs.pop("preset", None) if presets else None
         run_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in fields(RunOptions)}
+        if preset is not None and preset not in (presets or {}):
+            fail(f"--preset {preset!r}: known presets are {', '.join(sorted(presets))}", 2)
+        base = presets[preset] if preset is not None else None
         try:
-            config = layered(config_cls, None, config_file, cli_values(config_cls, kwargs), sets)
+            config = layered(config_cls, base, config_file, cli_values(config_cls, kwargs), sets)
             opts = layered(RunOptions, None, None, cli_values(RunOptions, run_kwargs))
         except ConfigError as e:
+            fail(str(e), 2)
+        try:
+            check_root(opts.root)
+        except DataRootError as e:
             fail(str(e), 2)
         try:
             summary = run_stage(stage_cls, config, opts)

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.actions import (
+    EULER_SEQUENCES,
     LabelConfig,
     action_text,
     codes_from_motion,
@@ -74,7 +75,10 @@ class ActionsConfig:
         1e-3, "Per-frame rotation (radians) that counts as a mouse move."
     )
     stride: int = option(1, "Label frame i against frame i+stride (thresholds scale with it).")
-    euler: str = option("xyz", "scipy Euler sequence for the mouse angles (lower case: extrinsic).")
+    euler: str = option(
+        "xyz", "scipy Euler sequence for the mouse angles (lower case: extrinsic).",
+        choices=EULER_SEQUENCES,
+    )  # fmt: skip
     fps: float = option(30.0, "Trajectory frame rate (Sekai: 30).")
     min_frames: int = option(33, "Shortest segment kept, in frames.")
     max_frames: int = option(0, "Split runs longer than this many frames (0: never).")

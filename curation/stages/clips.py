@@ -23,7 +23,7 @@ from curation.dataroot import check_name
 from curation.provenance import code_version
 from curation.shards import write_shards_from_dir
 from curation.stages.base import Reject, Resources, Stage
-from curation.video import SourceVideo, parse_resolution, transcode
+from curation.video import X264_PRESETS, SourceVideo, parse_resolution, transcode
 from schemas.actions import CLIPS_SCHEMA, KEYS, MOUSE, SEGMENTS_SCHEMA
 from schemas.clips import CLIP_SAMPLES_SCHEMA
 from schemas.common import SchemaError
@@ -49,7 +49,7 @@ class ClipsConfig:
     fps: float = option(16.0, "Output frame rate; frames are re-timed to the nearest.")
     resolution: str = option("544x960", "Output HEIGHTxWIDTH (even), e.g. 704x1280.")
     crf: int = option(23, "libx264 constant rate factor (0-51).")
-    preset: str = option("veryfast", "libx264 preset (ultrafast ... veryslow).")
+    preset: str = option("veryfast", "libx264 speed preset.", choices=X264_PRESETS)
     threads: int = option(1, "Decoder/encoder threads per video (0: auto).", output=False)
     frame_tolerance: int = option(
         3, "Accept a trajectory/video frame-count mismatch up to this many frames."

@@ -1,0 +1,90 @@
+"""A user's mistake on a stage command is one line (or typer's usage box) with the fix,
+found before Ray starts, with exit code 2 for usage and 1 when the job cannot run."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+import jobs.command as command
+from jobs.cli import app
+from jobs.encode_latents import PRESETS as ENCODE_PRESETS
+
+
+def _run(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture()
+def captured(monkeypatch):
+    """The config a command would run with, without running it (the parsing is under test)."""
+    seen = {}
+
+    def run_stage(stage_cls, config, opts):
+        seen["config"], seen["opts"] = config, opts
+        return {"dry_run": True, "stage": stage_cls.name, "found": 0, "would_process": [],
+                "would_reject": [], "already_done": 0, "exit_code": 0}  # fmt: skip
+
+    monkeypatch.setattr(command, "run_stage", run_stage)
+    return seen
+
+
+def test_a_preset_is_the_base_of_the_other_settings(captured, tmp_path):
+    out = _run("encode-latents", "--preset", "wan22-5b", "--root", str(tmp_path), "--seed", "7")
+    assert out.exit_code == 0, out.output
+    want = ENCODE_PRESETS["wan22-5b"]
+    got = captured["config"]
+    assert (got.height, got.width, got.vae) == (want.height, want.width, want.vae)
+    assert got.seed == 7  # a named option still wins over the preset
+    assert (want.height, want.width) != (
+        ENCODE_PRESETS["tiny"].height,
+        ENCODE_PRESETS["tiny"].width,
+    )
+
+
+def test_an_unknown_preset_lists_the_known_ones(captured, tmp_path):
+    out = _run("encode-latents", "--preset", "wan22", "--root", str(tmp_path))
+    assert out.exit_code == 2
+    assert out.output.strip() == "error: --preset 'wan22': known presets are tiny, wan22-5b"
+    assert "config" not in captured
+
+
+def test_a_root_that_is_a_file_is_refused_before_the_job(captured, tmp_path):
+    afile = tmp_path / "data"
+    afile.write_text("")
+    out = _run("sekai-actions", "--sekai", str(tmp_path), "--root", str(afile))
+    assert out.exit_code == 2
+    assert (
+        out.output.strip()
+        == f"error: --root {afile} is a file, not a folder: pass a folder for the data"
+    )
+    assert "config" not in captured
+
+
+@pytest.mark.parametrize(
+    ("args", "choice"),
+    [(["sekai-actions", "--euler", "xzz"], "zyz"), (["clips", "--preset", "fastt"], "veryslow")],
+)
+def test_fixed_choices_fail_at_parsing_with_the_choices(captured, tmp_path, args, choice):
+    out = _run(*args, "--root", str(tmp_path))
+    assert out.exit_code == 2
+    assert "Invalid value" in out.output and choice in out.output
+    assert "config" not in captured
+
+
+def test_fixed_choices_are_checked_in_set_and_config_files(captured, tmp_path):
+    out = _run("clips", "--set", "preset=fastt", "--root", str(tmp_path))
+    assert out.exit_code == 2
+    assert out.output.startswith("error: config: preset 'fastt': choose one of ultrafast,")
+    cfg = tmp_path / "c.json"
+    cfg.write_text('{"euler": "abc"}')
+    out = _run("sekai-actions", "--config-file", str(cfg), "--root", str(tmp_path))
+    assert out.exit_code == 2 and "euler 'abc': choose one of xyz" in out.output
+    out = _run("clips", "--preset", "slow", "--root", str(tmp_path))
+    assert out.exit_code == 0 and captured["config"].preset == "slow"
+
+
+def test_a_wrong_input_path_is_one_line(tmp_path):
+    out = _run("sekai-actions", "--sekai", str(tmp_path / "nope"), "--root", str(tmp_path / "r"))
+    assert out.exit_code == 1
+    assert out.output.strip() == f"error: input folder {tmp_path / 'nope'} does not exist"
