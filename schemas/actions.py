@@ -91,15 +91,17 @@ def action_text(
 ) -> str:
     """The action description of one (keys, mouse) label, optionally with Yume's speed suffix."""
     key_phrases, mouse_phrases = PHRASES[style]
-    text = key_phrases[keys] + mouse_phrases[mouse]
+    sentences = [key_phrases[keys], mouse_phrases[mouse]]
     if speeds is not None:
         distance, turn, view = speeds
-        text += (
-            f"Actual distance moved:{_fmt(distance)} at 100 meters per second."
-            f"Angular change rate (turn speed):{_fmt(turn)}."
-            f"View rotation speed:{_fmt(view)}."
-        )
-    return text
+        sentences += [
+            f"Actual distance moved:{_fmt(distance)} at 100 meters per second.",
+            f"Angular change rate (turn speed):{_fmt(turn)}.",
+            f"View rotation speed:{_fmt(view)}.",
+        ]
+    # Yume's own strings run the sentences together ("(W).Camera"); a space keeps the text a
+    # text-encoder reads well formed.
+    return " ".join(sentences)
 
 
 # One row per action segment (a maximal run of one label, never across a pose reset).

@@ -193,12 +193,12 @@ def test_action_texts_cover_the_whole_vocabulary_in_both_phrase_sets():
     for style in ("yume", "yume5b"):
         texts = {action_text(k, m, style) for k in KEYS for m in MOUSE}
         assert len(texts) == 81
-    assert action_text("W", "·") == "Person moves forward (W).Camera remains still (·)."
+    assert action_text("W", "·") == "Person moves forward (W). Camera remains still (·)."
     assert action_text("W+A", "↑→", "yume5b", (4.0, 0.0, 1.234)) == (
-        "The camera pushes forward and moves to the left (W+A)."
-        "The camera tilts up and pans to the right (↑→)."
-        "Actual distance moved:4 at 100 meters per second."
-        "Angular change rate (turn speed):0.View rotation speed:1.23."
+        "The camera pushes forward and moves to the left (W+A). "
+        "The camera tilts up and pans to the right (↑→). "
+        "Actual distance moved:4 at 100 meters per second. "
+        "Angular change rate (turn speed):0. View rotation speed:1.23."
     )
 
 

@@ -333,7 +333,7 @@ def test_action_text_lives_in_schemas_and_curation_re_exports_it() -> None:
     assert curation.actions.PHRASES is schemas.actions.PHRASES
     assert (
         schemas.actions.action_text("W", "·")
-        == "Person moves forward (W).Camera remains still (·)."
+        == "Person moves forward (W). Camera remains still (·)."
     )
 
 

@@ -88,3 +88,19 @@ def test_a_wrong_input_path_is_one_line(tmp_path):
     out = _run("sekai-actions", "--sekai", str(tmp_path / "nope"), "--root", str(tmp_path / "r"))
     assert out.exit_code == 1
     assert out.output.strip() == f"error: input folder {tmp_path / 'nope'} does not exist"
+
+
+def test_a_sekai_folder_without_csv_is_said_and_counted(ray_local, tmp_path):
+    from curation.sample_sekai import write_sample_release
+    from curation.stages.actions import ActionsConfig, ActionsStage
+    from jobs.runner import RunOptions, run_stage
+
+    write_sample_release(tmp_path / "sekai", clips=2, frames=120, seed=1)
+    for csv in (tmp_path / "sekai").rglob("*.csv"):
+        csv.unlink()
+    cfg = ActionsConfig(sekai=[tmp_path / "sekai"], min_frames=20)
+    s = run_stage(ActionsStage, cfg, RunOptions(root=tmp_path / "data", progress=False))
+    assert s["accepted"] == 2 and s["clips_without_caption"] == 2
+    assert s["sekai_folders_without_csv"] == [str(tmp_path / "sekai")]
+    assert any("no annotation CSV" in n for n in s["notes"])
+    assert any("2 of 2 clips have no caption" in n for n in s["notes"])

@@ -347,7 +347,18 @@ class ActionsStage(Stage[ActionsConfig]):
         save_figure(
             histogram(frames, f"Segment length ({len(frames)} segments)", "frames"), lengths
         )
+        no_csv = [str(f) for f in self.config.sekai if not any(Path(f).rglob("*.csv"))]
+        uncaptioned = clips.column("caption").null_count if clips.num_rows else 0
+        notes = []
+        if no_csv:
+            notes.append(f"no annotation CSV in {', '.join(no_csv)}: those clips get no caption")
+        if uncaptioned:
+            notes.append(f"{uncaptioned} of {clips.num_rows} clips have no caption (no CSV row): "
+                         "their samples train on the action text alone")  # fmt: skip
         return {
+            "sekai_folders_without_csv": no_csv,
+            "clips_without_caption": uncaptioned,
+            "notes": notes,
             "segments": seg.num_rows,
             "clips_without_segments": sum(n == 0 for n in clips.column("num_segments").to_pylist()),
             "segment_frames": {
