@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ class RunOptions:
     num_cpus: int | None = option(None, "CPUs of the Ray started on this machine.")
     limit: int | None = option(None, "Process at most N new inputs (to try a job on a few).")
     dry_run: bool = option(False, "List what the run would process, and process nothing.")
+    verbose: bool = option(False, "Show Ray's own console lines too.")
     progress: bool = option(True, "Show a progress bar.", cli=False)
 
 
@@ -155,7 +157,7 @@ class _StageActor:
 def _run_on_ray(stage: Stage, batches: list[list[dict]], opts: RunOptions, run: int) -> None:
     import ray
 
-    init_ray(opts.address, opts.num_cpus)
+    init_ray(opts.address, opts.num_cpus, opts.verbose)
     res = stage.resources
     cluster_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     workers = max(
@@ -176,11 +178,19 @@ def _run_on_ray(stage: Stage, batches: list[list[dict]], opts: RunOptions, run: 
             **ray_args,
         )
     else:
-        ds = ds.map_batches(_task_fn, fn_kwargs=args, batch_size=1, concurrency=workers, **ray_args)
+        ds = ds.map_batches(
+            _task_fn, fn_kwargs=args, batch_size=1,
+            compute=ray.data.TaskPoolStrategy(size=workers), **ray_args,
+        )  # fmt: skip
     total = sum(len(b) for b in batches)
-    with tqdm(total=total, desc=stage.name, unit="item", disable=not opts.progress) as bar:
+    live = opts.progress and sys.stderr.isatty()  # no terminal: one line at the end instead
+    t0 = time.perf_counter()
+    with tqdm(total=total, desc=stage.name, unit="item", disable=not live) as bar:
         for out in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             bar.update(out.num_rows)
+    if opts.progress and not live:
+        print(f"{stage.name}: {total}/{total} items in {time.perf_counter() - t0:.1f} s",
+              file=sys.stderr)  # fmt: skip
 
 
 # ---- the driver side ----------------------------------------------------------------------------

@@ -104,3 +104,21 @@ def test_a_sekai_folder_without_csv_is_said_and_counted(ray_local, tmp_path):
     assert s["sekai_folders_without_csv"] == [str(tmp_path / "sekai")]
     assert any("no annotation CSV" in n for n in s["notes"])
     assert any("2 of 2 clips have no caption" in n for n in s["notes"])
+
+
+def test_ray_console_noise_is_hidden_and_the_bar_printed_once_without_a_terminal(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from curation.sample_sekai import write_sample_release
+
+    write_sample_release(tmp_path / "sekai", clips=2, frames=120, seed=2)
+    exe = Path(sys.executable).with_name("yume-data")
+    args = [str(exe), "sekai-actions", "--sekai", str(tmp_path / "sekai"), "--root",
+            str(tmp_path / "data"), "--min-frames", "20"]  # fmt: skip
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.splitlines()
+    assert lines == ["actions: 2/2 items in " + lines[-1].split(" in ")[-1]], out.stderr
+    assert out.stdout.startswith("actions: inputs 2 = accepted 2 + rejected 0")
