@@ -36,6 +36,7 @@ from jobs.runner import JobError, RunOptions, run_stage
 from schemas.actions import CLIPS_SCHEMA
 from schemas.sample import SHARD_INDEX_SCHEMA
 from tests.test_dedup_captions import DedupCaptionsCase
+from tests.test_events import EventsCase
 from tests.test_recaption import RecaptionCase
 from tests.test_shards import make_mp4, make_sample
 from tests.test_synth import SynthGenerateCase, SynthScoreCase, SynthSelectCase
@@ -183,6 +184,7 @@ CASES = {
     "synth_generate": SynthGenerateCase(),
     "synth_score": SynthScoreCase(),
     "synth_select": SynthSelectCase(),
+    "events": EventsCase(),
 }
 
 
