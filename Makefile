@@ -32,8 +32,14 @@ demo: setup
 	$(BIN)/python -m curation.sample_openvid $(DATA)/sample-openvid/OpenVid-sample.csv 400 0
 	$(BIN)/yume-data dedup-captions --captions $(DATA)/sample-openvid/OpenVid-sample.csv --n 4 --root $(DATA)
 	$(BIN)/yume-data synth --t2v tiny-random --resolution 32x32 --frames 9 --steps 2 --top-k 3 --root $(DATA) || test $$? -eq 3  # 3: the videos below the top k are rejects
+	$(BIN)/python -m curation.sample_images $(DATA)/sample-images 4
+	$(BIN)/yume-data events --preset tiny --images $(DATA)/sample-images --root $(DATA)
+	$(BIN)/yume-data screening export --root $(DATA) --screener demo --batch-size 1000 --out $(DATA)/screening/demo.csv
+	$(BIN)/python -m curation.screening.fill $(DATA)/screening/demo.csv --keep-share 0.6 --seed 0  # a person filling the sheet
+	$(BIN)/yume-data screening import $(DATA)/screening/demo.csv --root $(DATA)
+	$(BIN)/yume-data screening status --root $(DATA)
 	$(BIN)/yume-data shards verify --root $(DATA) --decode none
-	$(BIN)/yume-train base --preset tiny --root $(DATA) --dataset sekai-real-captioned=1 --dataset synthetic:t2v=0.5 --out $(DATA)/runs/tiny-demo --steps 20 --overwrite
+	$(BIN)/yume-train base --preset tiny --root $(DATA) --dataset sekai-real-captioned=1 --dataset synthetic:t2v=0.5 --dataset event=0.5 --out $(DATA)/runs/tiny-demo --steps 20 --overwrite
 	$(BIN)/yume-train base --preset tiny --root $(DATA) --latents --out $(DATA)/runs/tiny-demo-latents --steps 20 --overwrite
 	$(BIN)/yume-train distill --preset tiny --base $(DATA)/runs/tiny-demo --root $(DATA) --dataset sekai-real-captioned=1 --out $(DATA)/runs/distill-tiny-demo --steps 4 --critic-updates 2 --overwrite
 	$(BIN)/yume-train sample --preset tiny --weights $(DATA)/runs/distill-tiny-demo --actions 'W,W,W+A|a dragon flies overhead,←' --out $(DATA)/samples/distill-tiny-demo.mp4

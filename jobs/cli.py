@@ -12,7 +12,10 @@ import jobs.card
 import jobs.clips
 import jobs.dedup_captions
 import jobs.encode_latents
+import jobs.events
 import jobs.recaption
+import jobs.screening
+import jobs.screening_serve
 import jobs.shards
 import jobs.synth
 import jobs.synth_generate
@@ -30,6 +33,7 @@ JOBS = (
     jobs.synth_generate,
     jobs.synth_score,
     jobs.synth_select,
+    jobs.events,
 )
 
 app = typer.Typer(
@@ -77,6 +81,8 @@ def sample_sekai(
 app.command("synth")(jobs.synth.synth)
 app.command("card")(jobs.card.card)
 app.add_typer(jobs.shards.app, name="shards")
+jobs.screening.app.command("serve")(jobs.screening_serve.serve)
+app.add_typer(jobs.screening.app, name="screening")
 
 
 if __name__ == "__main__":

@@ -111,6 +111,7 @@ def run_verify(
 def _plot(stats: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     from curation.reports import draw_heatmap, save_figure
 
@@ -121,16 +122,19 @@ def _plot(stats: dict, path: Path) -> None:
         grid[KEYS.index(k), MOUSE.index(m)] = n
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     draw_heatmap(
-        axes[0, 0], grid, list(KEYS), list(MOUSE), "action frames (keys x mouse)", "mouse", "keys"
-    )
+        axes[0, 0], grid, list(KEYS), list(MOUSE), "action frames (keys x mouse)", "mouse",
+        "keys", unit="output frames (at the samples' fps)",
+    )  # fmt: skip
     for ax, field, title in [
         (axes[0, 1], "source_counts", "samples per source"),
         (axes[1, 0], "fps_counts", "samples per fps"),
         (axes[1, 1], "resolution_counts", "samples per resolution (WxH)"),
     ]:
         counts = total.get(field, {})
-        ax.bar(list(counts), list(counts.values()))
-        ax.set_title(title)
+        bars = ax.bar(list(counts), list(counts.values()), color="#3b7dd8")
+        ax.bar_label(bars, fontsize=8)
+        ax.set(title=title, ylabel="samples")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(axis="x", rotation=30)
     tiny, generated = total["tiny_random_count"], total["generated_count"]
     note = f" - {tiny} tiny-random samples (not real data)" if tiny else ""
@@ -206,7 +210,7 @@ def run_write(
 
 # ---- the command line ------------------------------------------------------------------------
 app = typer.Typer(
-    help="WebDataset shards (shards/<dataset>/<dataset>-%06d.tar + index.parquet): "
+    help="WebDataset shards (shards/<dataset>/<dataset>-%06d.tar + __meta__/index.parquet): "
     "write staged samples, verify them against their index and schema, summarise.",
     no_args_is_help=True,
 )

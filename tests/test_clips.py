@@ -463,7 +463,9 @@ def test_killed_job_reruns_without_loss_or_duplicates(ray_local, good_video, tmp
     samples = pq.read_table(manifests / "clips.parquet").column("key").to_pylist()
     assert sorted(samples) == ids
     index = (
-        pq.read_table(root / "shards" / "sekai-real" / "__meta__" / "index.parquet").column("key").to_pylist()
+        pq.read_table(root / "shards" / "sekai-real" / "__meta__" / "index.parquet")
+        .column("key")
+        .to_pylist()
     )
     assert sorted(index) == ids
     assert verify_dataset(root / "shards" / "sekai-real", decode="full")["ok"]

@@ -1,0 +1,1 @@
+"""Human screening of event videos: export CSV batches, import decisions, publish shards/event."""
