@@ -304,9 +304,23 @@ def run_stage(stage_cls: type[Stage], config, opts: RunOptions | None = None) ->
     if not items and not rejected:
         summary["exit_code"] = 1
         summary["error"] = f"{stage.name}: found no inputs ({stage.describe_inputs()})"
+    summary["rejects_plot"] = plot_rejects(stage.name, summary, root)
     atomic_write_json(root.report(stage.name), summary)
     refresh_card(root)
     return summary
+
+
+def plot_rejects(stage: str, summary: dict, root: DataRoot) -> str | None:
+    """``reports/<stage>_rejects.png``: the stage's rejects by reason (none: no plot)."""
+    plot = root.plot(stage, "rejects")
+    reasons = summary.get("rejects_by_reason") or {}
+    if not reasons:
+        plot.unlink(missing_ok=True)  # an earlier run's chart would now be wrong
+        return None
+    from curation.reports import bar_chart, save_figure
+
+    title = f"{stage}: {sum(reasons.values())} of {summary['inputs']} inputs rejected"
+    return str(save_figure(bar_chart(reasons, title, "reason", "inputs"), plot))
 
 
 def refresh_card(root: DataRoot) -> None:

@@ -341,12 +341,15 @@ class ActionsStage(Stage[ActionsConfig]):
                 "Action segments: frames per label",
                 "mouse",
                 "keys",
+                unit=f"trajectory frames ({self.config.fps:g} fps)",
             ),
             heat,
         )
         save_figure(
-            histogram(frames, f"Segment length ({len(frames)} segments)", "frames"), lengths
-        )
+            histogram(frames, f"Segment length ({len(frames)} segments)",
+                      f"trajectory frames ({self.config.fps:g} fps)"),
+            lengths,
+        )  # fmt: skip
         no_csv = [str(f) for f in self.config.sekai if not any(Path(f).rglob("*.csv"))]
         uncaptioned = clips.column("caption").null_count if clips.num_rows else 0
         notes = []
