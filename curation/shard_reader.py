@@ -5,7 +5,10 @@ near the clip start, none for a pure text-to-video window), decoded with decord,
 frames the window needs. Shards are split by node and by DataLoader worker (or resampled
 per worker); every random choice is seeded by (seed, epoch, rank, worker), so a run is
 reproducible and workers differ. Call ``set_epoch`` each epoch, as with DistributedSampler.
-Bad samples are logged, counted in ``dataset.skipped`` and skipped; training never stops.
+Bad samples are logged, counted in ``dataset.skipped`` and skipped. A damaged shard (a
+member header that does not parse, a truncated tar) is found before its samples are used,
+logged, counted in ``dataset.damaged`` and skipped whole; the reader stops with a
+DamagedDataError only when damaged shards pass ``max_damaged_share`` of its shards.
 
 Example::
 
@@ -19,7 +22,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import random
+import tarfile
 from collections.abc import Iterator, Sequence
 
 import decord
@@ -46,6 +51,78 @@ class SkipCounter:
             "skipping bad shard data (%d so far): %s: %s", self.count, type(exn).__name__, exn
         )
         return True
+
+
+class DamagedDataError(ValueError):
+    """Too many of a dataset's shards are damaged to train on (storage or copy trouble)."""
+
+
+def tar_damage(path: str | os.PathLike) -> str | None:
+    """Why the tar at ``path`` is damaged, or None when every member header parses.
+
+    Python's tarfile ends the member list silently at a bad header after the first one,
+    which would hide the rest of a shard, so what follows the last member must be the
+    end-of-archive zeros, and every member's data must lie inside the file. Reads the
+    headers only (one seek per member)."""
+    size = os.path.getsize(path)
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            members = tar.getmembers()
+            end = tar.offset  # where the member list stopped
+    except (tarfile.TarError, OSError, EOFError) as e:
+        return f"unreadable tar ({type(e).__name__}: {e})"
+    for info in members:
+        if info.offset_data + info.size > size:
+            return f"truncated: member {info.name!r} ends past the end of the file"
+    with open(path, "rb") as f:
+        f.seek(end)
+        pos = end
+        while chunk := f.read(1 << 16):
+            if chunk.strip(b"\0"):
+                at = pos + len(chunk) - len(chunk.lstrip(b"\0"))
+                return f"unreadable member header at byte {at} (after {len(members)} members)"
+            pos += len(chunk)
+    return None
+
+
+class DamageCounter:
+    """A pipeline stage over ``{"url": ...}`` items: checks each local shard once
+    (``tar_damage``), drops and counts the damaged ones (also in ``skipped``, the count of
+    all bad data), and raises DamagedDataError when they pass ``max_share`` of the
+    ``total`` shards (or are all of them)."""
+
+    def __init__(self, total: int, max_share: float, skipped: SkipCounter) -> None:
+        self.total, self.max_share, self.skipped = total, max_share, skipped
+        self.shards: dict[str, str] = {}  # url -> why it is damaged
+        self._checked: set[str] = set()
+
+    @property
+    def count(self) -> int:
+        return len(self.shards)
+
+    def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
+        for item in src:
+            url = item["url"]
+            if url not in self._checked:
+                self._checked.add(url)
+                self._check(url)
+            if url not in self.shards:
+                yield item
+
+    def _check(self, url: str) -> None:
+        reason = tar_damage(url) if os.path.isfile(url) else None  # remote urls: not checked
+        if reason is None:
+            return
+        self.shards[url] = reason
+        self.skipped.count += 1
+        log.warning("skipping damaged shard %s (%d so far): %s", url, self.count, reason)
+        share = self.count / max(self.total, 1)
+        if share > self.max_share or self.count >= self.total:
+            named = "; ".join(f"{u}: {r}" for u, r in list(self.shards.items())[:3])
+            raise DamagedDataError(
+                f"{self.count} of {self.total} shards are damaged ({share:.0%}, more than "
+                f"max_damaged_share {self.max_share:.0%}): {named}"
+            )
 
 
 class _Seeds:
@@ -246,11 +323,14 @@ def make_window(
 
 
 class WindowDataset(wds.DataPipeline):
-    """The reader pipeline (an IterableDataset); ``skipped`` counts bad data in this process."""
+    """The reader pipeline (an IterableDataset); ``skipped`` counts bad data and ``damaged``
+    damaged shards in this process."""
 
-    def __init__(self, *stages, seeds: _Seeds, skipped: SkipCounter) -> None:
+    def __init__(
+        self, *stages, seeds: _Seeds, skipped: SkipCounter, damaged: DamageCounter
+    ) -> None:
         super().__init__(*stages)
-        self.seeds, self.skipped = seeds, skipped
+        self.seeds, self.skipped, self.damaged = seeds, skipped, damaged
 
     def set_epoch(self, epoch: int) -> None:
         """Reseed shard order, shuffle and windows for ``epoch`` (call before iterating)."""
@@ -270,6 +350,7 @@ def make_window_dataset(
     tasks: Sequence[str] = ("t2v", "i2v"),
     decode_threads: int = 1,
     max_misses: int = 10_000,
+    max_damaged_share: float = 0.05,
 ) -> WindowDataset:
     """A WebDataset pipeline of (history, prediction) windows for training.
 
@@ -288,6 +369,8 @@ def make_window_dataset(
         decode_threads: decord threads per reader (keep 1 with several loader workers).
         max_misses: raise instead of looping forever after this many consecutive samples
             give no window (all too short, none offering the tasks, or all undecodable).
+        max_damaged_share: raise DamagedDataError once more than this share of the shards
+            is found damaged (each damaged shard is skipped whole and counted).
 
     Yields dicts: __key__, video uint8 (T,H,W,3) with T = history_frames + pred_frames,
     history_frames, keys and mouse int64 (T,) codes into schemas.actions KEYS/MOUSE, fps,
@@ -305,7 +388,8 @@ def make_window_dataset(
         shards = [wds.ResampledShards(url_list, deterministic=True, worker_seed=seeds.worker_seed)]
     else:
         shards = [_ShardList(url_list, seeds, shuffle > 1), wds.split_by_node, wds.split_by_worker]
-    stages = [*shards, wds.tarfile_to_samples(handler=skipped)]
+    damaged = DamageCounter(len(url_list), max_damaged_share, skipped)
+    stages = [*shards, damaged, wds.tarfile_to_samples(handler=skipped)]
     if shuffle > 1:
         stages.append(_Shuffle(shuffle, seeds))
     windows = _Windows(
@@ -319,7 +403,7 @@ def make_window_dataset(
         skipped,
         max_misses,
     )
-    return WindowDataset(*stages, windows, seeds=seeds, skipped=skipped)
+    return WindowDataset(*stages, windows, seeds=seeds, skipped=skipped, damaged=damaged)
 
 
 def collate(items: list[dict]) -> dict:

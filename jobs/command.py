@@ -18,10 +18,15 @@ import typer
 
 from curation.config import ConfigError, cli_parameters, cli_values, fields, layered
 from curation.dataroot import DataRootError
+from curation.shards.read import IndexPathError
 from curation.stages.base import Stage, StaleConfigError
+from curation.stages.parts import PartRecordError
 from jobs.runner import JobError, RunOptions, run_stage
 
-USER_ERRORS = (StaleConfigError, JobError, DataRootError, FileNotFoundError, NotADirectoryError)
+USER_ERRORS = (
+    StaleConfigError, JobError, DataRootError, FileNotFoundError, NotADirectoryError,
+    PartRecordError, IndexPathError,
+)  # fmt: skip
 
 
 def fail(message: str, code: int = 1) -> None:

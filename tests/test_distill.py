@@ -34,7 +34,7 @@ from training.distill import (
     rollout_start,
 )
 from training.mixture import Stream
-from training.run import save_checkpoint
+from training.run import load_checkpoint, save_checkpoint
 from training.sources import memory_source
 
 H, W = 64, 128  # latents 4 x 8
@@ -334,8 +334,8 @@ def test_distill_end_to_end_and_resume_is_bit_identical(tmp_path, latent_samples
         resume=True,
     )
     assert first["losses"] + resumed["losses"] == full["losses"]
-    a = torch.load(out / "checkpoints" / "step-000004.pt", weights_only=False)
-    b = torch.load(part / "checkpoints" / "step-000004.pt", weights_only=False)
+    a = load_checkpoint(out / "checkpoints" / "step-000004.safetensors")
+    b = load_checkpoint(part / "checkpoints" / "step-000004.safetensors")
     for part_name in ("generator", "fake_score"):
         for k in a[part_name]:
             assert torch.equal(a[part_name][k], b[part_name][k]), (part_name, k)

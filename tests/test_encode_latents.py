@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -31,6 +32,7 @@ from schemas.latents import LATENTS_MANIFEST_SCHEMA, latent_config_hash
 from tests.test_shards import make_mp4, make_sample
 from training.config import preset
 from training.mixture import Stream
+from training.run import load_checkpoint
 from training.sources import latent_shard_source, read_latent_samples
 from training.train_base import train
 
@@ -151,7 +153,8 @@ def test_training_reads_clip_shards_through_the_reader(data_root, tmp_path) -> N
     summary = train(cfg)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["task"] for r in rows] == ["t2v", "i2v"] and rows[1]["history_frames"] >= 1
-    assert summary["tiny_random"] and (tmp_path / "run" / "checkpoints" / "step-000002.pt").exists()
+    assert summary["tiny_random"]
+    assert (tmp_path / "run" / "checkpoints" / "step-000002.safetensors").exists()
 
 
 def test_encode_latents_job_on_ray_is_resumable(data_root, tmp_path, ray_local) -> None:
@@ -211,7 +214,7 @@ def test_ray_train_two_cpu_workers_ddp(data_root, tmp_path, ray_local) -> None:
     run_ray(train, cfg)
     rows = [json.loads(x) for x in (tmp_path / "dist" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
-    state = torch.load(tmp_path / "dist" / "checkpoints" / "step-000002.pt", weights_only=False)
+    state = load_checkpoint(tmp_path / "dist" / "checkpoints" / "step-000002.safetensors")
     assert state["step"] == 2 and "blocks.0.attn1.to_q.weight" in state["model"]
 
 
@@ -237,21 +240,42 @@ def test_streams_come_from_the_index_skip_missing_tasks_and_fail_fast(data_root,
         shard_streams(short)
 
 
-def test_latent_stream_restores_at_its_position_without_replay(data_root, tmp_path) -> None:
+def test_latent_stream_restores_at_its_position_without_replay(
+    data_root, tmp_path, monkeypatch
+) -> None:
     """A latent stream saved mid-epoch continues with the same samples from its position
-    (epoch, shard, index), across epochs, without replaying the consumed ones."""
+    (epoch, shard, index), across epochs, without replaying the consumed ones: the restored
+    stream reads from the tars only what the uninterrupted one read, plus the one shard it
+    resumes in (counted at the tar iterator; a replay from the start reads more)."""
+    import curation.shards as shards_module
+
     cfg = dataclasses.replace(PRESETS["tiny"], height=64, width=128, max_samples=3)
     root = _clip_root(data_root, tmp_path)
     _encode_in_process(cfg, root)  # 6 samples sorted by key, 3 per shard: t2v in both
     shards = indexed_shards(root.latents("sekai-real"))
     assert len(shards) == 2
+    reads: list[str] = []
+    iter_shard = shards_module.iter_shard
+
+    def counting(path):
+        for key, members in iter_shard(path):
+            reads.append(key)
+            yield key, members
+
+    monkeypatch.setattr(shards_module, "iter_shard", counting)
     factory = latent_shard_source(shards, "t2v", latent_config_hash(cfg))
     s = Stream(factory, 5)
     first = [s.next()["__key__"] for _ in range(4)]  # 3 samples per epoch: into epoch 2
     state = s.state_dict()
     assert state["position"]["epoch"] == 1 and state["consumed"] == 4
+    reads.clear()
     rest = [s.next()["__key__"] for _ in range(5)]
+    read_by_uninterrupted = len(reads)
+    reads.clear()
     r = Stream(factory, 5)
     r.load_state_dict(state)
     assert [r.next()["__key__"] for _ in range(5)] == rest
+    epoch, shard = state["position"]["epoch"], state["position"]["shard"]
+    resumed_in = shards[np.random.default_rng([5, epoch]).permutation(len(shards))[shard]]
+    assert len(reads) == read_by_uninterrupted + len(list(iter_shard(resumed_in)))
     assert sorted(first[:3]) == ["clip_0-t2v-0", "clip_1-t2v-0", "clip_2-t2v-0"]

@@ -155,7 +155,7 @@ def test_bad_samples_are_skipped_and_counted(tmp_path, shards):
                 tar.addfile(info, io.BytesIO(data))
     truncated = tmp_path / "truncated.tar"
     truncated.write_bytes(Path(urls[0]).read_bytes()[:3000])
-    ds = make_window_dataset([str(path), str(truncated)], 2, 2, shuffle=0)
+    ds = make_window_dataset([str(path), str(truncated)], 2, 2, shuffle=0, max_damaged_share=0.5)
     keys = _keys(ds)
     assert "good" in keys and "broken_mp4" not in keys and "bad_json" not in keys
     assert ds.skipped.count >= 3

@@ -13,6 +13,7 @@ from schemas.actions import KEY_CODE, MOUSE_CODE
 from training.conditioning import Conditioner
 from training.config import preset
 from training.mixture import Mixture, Stream, task_pattern
+from training.run import load_checkpoint
 from training.sources import memory_source
 from training.train_base import build_transformer, flow_matching_loss, train
 
@@ -194,8 +195,8 @@ def test_train_end_to_end_and_resume_is_bit_identical(tmp_path) -> None:
     )
     assert first["losses"] + resumed["losses"] == full["losses"]
     assert len(resumed["losses"]) == 3
-    a = torch.load(out / "checkpoints" / "step-000006.pt", weights_only=False)
-    b = torch.load(part / "checkpoints" / "step-000006.pt", weights_only=False)
+    a = load_checkpoint(out / "checkpoints" / "step-000006.safetensors")
+    b = load_checkpoint(part / "checkpoints" / "step-000006.safetensors")
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     for k in a["ema"]["shadow"]:
@@ -316,9 +317,9 @@ def test_run_folder_safety_checkpoint_rotation_and_sample_labels(tmp_path, monke
     out = tmp_path / "run"
     cfg = tiny_cfg(out, steps=4, ckpt_every=1, keep_checkpoints=2)
     train(cfg, streams=streams())
-    assert sorted(p.name for p in (out / "checkpoints").glob("step-*.pt")) == [
-        "step-000003.pt",
-        "step-000004.pt",
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == [
+        "step-000003.safetensors",
+        "step-000004.safetensors",
     ]
     with pytest.raises(FileExistsError, match="--resume .* --overwrite"):
         train(cfg, streams=streams())

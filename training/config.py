@@ -37,6 +37,12 @@ class TrainConfig:
     tasks: dict[str, int] = option(
         factory=lambda: {"t2v": 1, "i2v": 1}, help="Steps of each task per cycle.", cli=False
     )
+    # a damaged shard (a tar member header that does not parse, a truncated tar) is skipped
+    # and counted; past this share of a dataset's shards the run stops (bad storage or a bad
+    # copy, not bad luck): raise it on --resume to finish a run on what is readable
+    max_damaged_share: float = option(
+        0.05, "Share of a dataset's shards that may be damaged before the run stops.", cli=False
+    )
     # (H, W): the reader covers it with the aspect kept and centre-crops. 128x224 (0.571) is
     # 544x960's aspect (0.567) to within 1% (about 4 px cropped top and bottom at 544x960);
     # both must be multiples of 32 (VAE stride 16 x patch 2).
@@ -77,7 +83,7 @@ class TrainConfig:
     # fields a resumed run may change; any other difference from the checkpoint is refused
     RESUMABLE_CHANGES = frozenset(
         {"steps", "out_dir", "data_root", "workers", "gpus_per_worker", "log_every",
-         "ckpt_every", "val_every", "keep_checkpoints"}
+         "ckpt_every", "val_every", "keep_checkpoints", "max_damaged_share"}
     )  # fmt: skip
 
     @property
@@ -170,6 +176,12 @@ class DistillConfig:
     tasks: dict[str, int] = option(
         factory=lambda: {"t2v": 1, "i2v": 1}, help="Steps of each task per cycle.", cli=False
     )
+    # a damaged shard (a tar member header that does not parse, a truncated tar) is skipped
+    # and counted; past this share of a dataset's shards the run stops (bad storage or a bad
+    # copy, not bad luck): raise it on --resume to finish a run on what is readable
+    max_damaged_share: float = option(
+        0.05, "Share of a dataset's shards that may be damaged before the run stops.", cli=False
+    )
     height: int = option(128, "Frame height (multiple of 32).", cli=False)
     width: int = option(224, "Frame width (multiple of 32).", cli=False)
     pred_latent_frames: int = option(2, "Latent frames of one generated block.", cli=False)
@@ -218,7 +230,7 @@ class DistillConfig:
 
     RESUMABLE_CHANGES = frozenset(
         {"steps", "out_dir", "data_root", "log_every", "ckpt_every", "val_every",
-         "keep_checkpoints", "val_blocks"}
+         "keep_checkpoints", "val_blocks", "max_damaged_share"}
     )  # fmt: skip
 
     @property

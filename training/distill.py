@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -55,15 +57,17 @@ from training.ema import EMA
 from training.metrics import MetricsLog
 from training.mixture import Mixture, Stream
 from training.run import (
-    latest_checkpoint,
-    load_checkpoint,
+    load_latest,
     open_run,
     rng_state,
+    run_lock,
     save_checkpoint,
     seed_rngs,
     set_rng_state,
 )
 from training.sources import shard_streams
+
+log = logging.getLogger(__name__)
 
 # fields a base run must share with the distillation (the weights only work with them)
 BASE_FIELDS = ("model", "vae", "text_encoder", "event_len", "action_len", "action_style")
@@ -85,9 +89,9 @@ def load_transformer(source: str | None, model: str, seed: int = 0) -> tuple[TSC
             net = TSCMTransformer.from_config_name(model)
         return net, {"transformer": f"random-init:{model}", "config": None, "tiny_random": True}
     root = Path(source)
-    ckpt = latest_checkpoint(root)
-    if ckpt is not None:
-        state = load_checkpoint(ckpt)
+    found = load_latest(root)
+    if found is not None:
+        ckpt, state = found
         saved = state["config"]
         with torch.random.fork_rng():
             net = TSCMTransformer.from_config_name(saved["model"])
@@ -376,8 +380,12 @@ class Distiller:
         ident = {"encoder": encoder_id(self.cfg.text_encoder), "prompt": self.cfg.negative_prompt}
         ident |= {"event_len": self.cfg.event_len, "action_len": self.cfg.action_len}
         if path.exists():
-            saved = torch.load(path, weights_only=False)
-            if saved["id"] == ident:
+            try:  # tensors and plain data only: the restricted unpickler runs no code
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+            except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+                log.warning("%s is not a plain tensor file (%s): encoding it again", path, e)
+                saved = {"id": None}
+            if isinstance(saved, dict) and saved.get("id") == ident:
                 return saved["text"].to(self.device)
         event = self.text.encode_events([self.cfg.negative_prompt]).float().cpu()  # (1, Le, D)
         text = torch.cat([event, torch.zeros(1, self.cfg.action_len, event.shape[2])], dim=1)
@@ -629,5 +637,6 @@ def distill(
     cfg: DistillConfig, *, streams=None, resume: bool = False, overwrite: bool = False
 ) -> dict:
     """Distil ``cfg`` (or continue from ``<out>/checkpoints`` with ``resume``; ``overwrite``
-    discards an earlier run there); returns a summary."""
-    return Distiller(cfg, streams=streams, resume=resume, overwrite=overwrite).run()
+    discards an earlier run there); returns a summary. Holds the run folder's lock throughout."""
+    with run_lock(cfg.out_dir):
+        return Distiller(cfg, streams=streams, resume=resume, overwrite=overwrite).run()

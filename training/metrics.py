@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from curation.manifest import atomic_write_bytes
+
+log = logging.getLogger(__name__)
 
 
 class MetricsLog:
@@ -28,9 +31,25 @@ class MetricsLog:
                     self._tb.add_scalar(k, v, row["step"])
 
     def read(self) -> list[dict]:
+        """The logged rows. A partial last line (a run killed mid-write) is dropped with a
+        warning, so it never makes a resume impossible; a bad line before it is an error."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        lines = [(i, line) for i, line in enumerate(self.path.read_text().splitlines(), 1)]
+        lines = [(i, line) for i, line in lines if line.strip()]
+        rows = []
+        for i, line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                rows.append(row)
+            elif i == lines[-1][0]:
+                log.warning("%s: dropping a partial last line %d (%.60r)", self.path, i, line)
+            else:
+                raise ValueError(f"{self.path}: line {i} is not a metrics row ({line[:60]!r})")
+        return rows
 
     def plot(self, title: str) -> Path:
         """Loss per step, T2V and I2V steps apart, with a running mean; returns the PNG path."""

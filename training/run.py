@@ -1,11 +1,19 @@
 """The run folder and its state, for any training loop (base training, a distiller).
 
-``<out>/checkpoints/step-%06d.pt`` plus ``latest.json`` naming the newest; a checkpoint is
-written to a temporary name and renamed, so a killed run leaves the previous one usable.
-Only the newest ``keep`` are kept (a 5B state with AdamW is about 60 GB).
+``<out>/checkpoints/step-%06d.safetensors`` plus ``latest.json`` naming the newest; a
+checkpoint is written to a temporary name and renamed, so a killed run leaves the previous
+one usable. Only the newest ``keep`` are kept (a 5B state with AdamW is about 60 GB).
 
+Nothing read back from a run folder can run code: a checkpoint is a safetensors file (every
+tensor of the state) whose metadata holds the rest of the state as JSON (``encode_state``),
+and every path read from ``latest.json`` must be a checkpoint file name inside
+``checkpoints/``, or the run stops with a ``RunFolderError``.
+
+- ``run_lock``: a run holds ``fcntl.flock`` on ``<out>/.lock`` (pid, host and start time
+  written in it), so a second run into the folder fails at once naming the holder;
 - ``open_run``: a fresh run into a folder that holds a run is refused unless ``overwrite``;
-  a resumed one loads the latest checkpoint after ``check_resumable`` (config differences
+  a resumed one loads the newest intact checkpoint (``load_latest``: a damaged newest one is
+  named and the previous kept one used) after ``check_resumable`` (config differences
   named, ``RESUMABLE_CHANGES`` allowed);
 - ``seed_rngs`` / ``rng_state`` / ``set_rng_state``: every random state a step reads;
 - ``provenance_labels``: what made the outputs (tiny-random models or data, model ids, code).
@@ -17,14 +25,24 @@ labels under ``"labels"``.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import logging
 import os
 import random
+import re
 import shutil
+import socket
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from curation.manifest import atomic_write_json
 from curation.provenance import code_version
@@ -32,7 +50,55 @@ from model.text import encoder_id
 from training import distributed
 from training.config import TrainConfig
 
+log = logging.getLogger(__name__)
+
 CHECKPOINTS = "checkpoints"
+LATEST = "latest.json"
+LOCK = ".lock"
+CHECKPOINT_RE = re.compile(r"^step-(\d{6,})\.safetensors$")
+FORMAT = "yume-train-checkpoint/1"  # safetensors metadata: {"format": FORMAT, "state": JSON}
+
+
+class RunFolderError(ValueError):
+    """A run folder holds something this run will not use (a pointer outside, no intact
+    checkpoint): one line naming the file, never a guess."""
+
+
+class RunInUseError(RunFolderError):
+    """Another run holds the run folder's lock."""
+
+
+# ---- the run lock ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: str | Path) -> Iterator[None]:
+    """Hold ``<out>/.lock`` (``fcntl.flock``) for the block; RunInUseError naming the holder
+    at once when another process holds it. The kernel drops the lock when the process dies,
+    so a killed run never leaves a stale lock (the text in the file is only for the message)."""
+    path = Path(out_dir) / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = path.open("a+")  # not "w": truncating would erase the holder's note before we know
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "a process that wrote no note"
+        f.close()
+        raise RunInUseError(
+            f"{Path(out_dir)} is in use by another run ({holder}); wait for it to end or use "
+            "another --out"
+        ) from None
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on host {socket.gethostname()}, started {started}\n")
+    f.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
 
 
 # ---- RNG state -----------------------------------------------------------------------------
@@ -48,11 +114,13 @@ def seed_rngs(seed: int, rank: int) -> torch.Generator:
 
 
 def rng_state(noise: torch.Generator) -> dict:
-    """Every random state a training step reads: torch (CPU, CUDA), numpy, python, noise."""
+    """Every random state a training step reads: torch (CPU, CUDA), numpy, python, noise.
+    Tensors and plain data only (numpy's key array as ints), so a checkpoint holds it."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": np.random.get_state(),
+        "numpy": (name, keys.tolist(), int(pos), int(has_gauss), float(gauss)),
         "python": random.getstate(),
         "noise": noise.get_state(),
     }
@@ -62,48 +130,187 @@ def set_rng_state(state: dict, noise: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
     noise.set_state(state["noise"])
+
+
+# ---- the checkpoint format: tensors in safetensors, the rest as tagged JSON ------------------
+
+_TAGS = ("__tensor__", "__tuple__", "__dict__")
+
+
+def encode_state(state: Any, tensors: dict[str, torch.Tensor], path: str = "") -> Any:
+    """``state`` as JSON-able data; each tensor moves into ``tensors`` under its path and is
+    replaced by ``{"__tensor__": path}``. Tuples and dicts with non-string keys (optimiser
+    state is keyed by parameter number) are tagged so they come back as they were."""
+    if isinstance(state, torch.Tensor):
+        name = path or "."
+        while name in tensors:
+            name += "'"
+        tensors[name] = state.detach().cpu().contiguous()
+        return {"__tensor__": name}
+    if isinstance(state, tuple):
+        return {"__tuple__": [encode_state(v, tensors, f"{path}/{i}") for i, v in enumerate(state)]}
+    if isinstance(state, list):
+        return [encode_state(v, tensors, f"{path}/{i}") for i, v in enumerate(state)]
+    if isinstance(state, dict):
+        if all(isinstance(k, str) for k in state) and not set(state) & set(_TAGS):
+            return {
+                k: encode_state(v, tensors, f"{path}/{k}" if path else k) for k, v in state.items()
+            }
+        return {
+            "__dict__": [
+                [encode_state(k, tensors, path), encode_state(v, tensors, f"{path}/{k}")]
+                for k, v in state.items()
+            ]
+        }
+    if state is None or isinstance(state, bool | int | float | str):
+        return state
+    raise TypeError(f"checkpoint state {path or '.'}: {type(state).__name__} is not storable")
+
+
+def decode_state(data: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The inverse of ``encode_state``."""
+    if isinstance(data, list):
+        return [decode_state(v, tensors) for v in data]
+    if not isinstance(data, dict):
+        return data
+    if len(data) == 1 and next(iter(data)) in _TAGS:
+        ((tag, value),) = data.items()
+        if tag == "__tensor__":
+            return tensors[value]
+        if tag == "__tuple__":
+            return tuple(decode_state(v, tensors) for v in value)
+        return {decode_state(k, tensors): decode_state(v, tensors) for k, v in value}
+    return {k: decode_state(v, tensors) for k, v in data.items()}
 
 
 # ---- checkpoints ---------------------------------------------------------------------------
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The step a checkpoint file name says (``step-000040.safetensors`` -> 40)."""
+    m = CHECKPOINT_RE.match(Path(path).name)
+    if m is None:
+        raise RunFolderError(f"{path}: not a checkpoint file name (step-NNNNNN.safetensors)")
+    return int(m.group(1))
+
+
 def save_checkpoint(out_dir: str | Path, step: int, state: dict, keep: int = 3) -> Path:
     """Write ``state`` for ``step``, point ``latest.json`` at it, keep the newest ``keep``.
 
-    ``torch.save`` streams into a temporary file in the same folder (no in-memory copy of a
-    multi-GB state), which is fsynced and renamed into place.
+    safetensors writes straight from the tensors' memory (no in-memory copy of a multi-GB
+    state) into a temporary file in the same folder, which is fsynced and renamed into place.
     """
     ckpt_dir = Path(out_dir) / CHECKPOINTS
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    path = ckpt_dir / f"step-{step:06d}.pt"
+    path = ckpt_dir / f"step-{step:06d}.safetensors"
     tmp = ckpt_dir / f".{path.name}.tmp"
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = json.dumps(encode_state(state, tensors))
     try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
+        save_file(tensors, tmp, metadata={"format": FORMAT, "state": skeleton})
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    atomic_write_json(ckpt_dir / "latest.json", {"step": step, "path": path.name})
-    for old in sorted(ckpt_dir.glob("step-*.pt"))[: -max(keep, 1)]:
+    atomic_write_json(ckpt_dir / LATEST, {"step": step, "path": path.name})
+    for old in kept_checkpoints(out_dir)[max(keep, 1) :]:
         old.unlink()
     return path
 
 
+def _inside(ckpt_dir: Path, name: object, source: Path) -> Path:
+    """``ckpt_dir / name`` if ``name`` is a checkpoint file name that stays inside
+    ``ckpt_dir`` (links resolved), else RunFolderError naming ``source``."""
+    if not isinstance(name, str) or not CHECKPOINT_RE.match(name):
+        hint = (
+            " (pickle checkpoints are not read: loading one can run code)"
+            if (isinstance(name, str) and name.endswith((".pt", ".pth", ".pkl")))
+            else ""
+        )
+        raise RunFolderError(
+            f"{source} names {name!r}, not a checkpoint file in {ckpt_dir} "
+            f"(step-NNNNNN.safetensors){hint}"
+        )
+    path = ckpt_dir / name
+    if path.resolve().parent != ckpt_dir.resolve():
+        raise RunFolderError(f"{source}: {path} leads outside {ckpt_dir}")
+    return path
+
+
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    pointer = Path(out_dir) / CHECKPOINTS / "latest.json"
+    """The checkpoint ``latest.json`` names (checked to lie in ``checkpoints/``), or None."""
+    ckpt_dir = Path(out_dir) / CHECKPOINTS
+    pointer = ckpt_dir / LATEST
     if not pointer.exists():
         return None
-    return pointer.parent / json.loads(pointer.read_text())["path"]
+    try:
+        name = json.loads(pointer.read_text())["path"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RunFolderError(
+            f"{pointer} is unreadable ({type(e).__name__}: {e}); remove it to resume from the "
+            "newest intact checkpoint, or use another --out"
+        ) from None
+    return _inside(ckpt_dir, name, pointer)
+
+
+def kept_checkpoints(out_dir: str | Path) -> list[Path]:
+    """The checkpoint files in ``checkpoints/``, newest step first."""
+    ckpt_dir = Path(out_dir) / CHECKPOINTS
+    if not ckpt_dir.is_dir():
+        return []
+    found = [
+        _inside(ckpt_dir, p.name, p) for p in ckpt_dir.iterdir() if CHECKPOINT_RE.match(p.name)
+    ]
+    return sorted(found, key=checkpoint_step, reverse=True)
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    # our own files: optimiser and RNG states are plain python objects, not only tensors
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A checkpoint's state; RunFolderError when the file is not an intact checkpoint of
+    this format (truncated, foreign, a pickle under our name). Reads no code: safetensors
+    and JSON only."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"format {meta.get('format')!r}, want {FORMAT!r}")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+        return decode_state(json.loads(meta["state"]), tensors)
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
+        raise RunFolderError(
+            f"{path}: not an intact checkpoint ({type(e).__name__}: {e})"
+        ) from None
+
+
+def load_latest(out_dir: str | Path) -> tuple[Path, dict] | None:
+    """The newest intact checkpoint of a run folder and its state, or None without one.
+
+    ``latest.json``'s checkpoint first; when it is damaged (a run killed while the disk
+    was full, a truncated copy) the other kept ones, newest first, with one warning line
+    naming the damaged file(s). RunFolderError when none is intact."""
+    first = latest_checkpoint(out_dir)
+    if first is None:
+        return None
+    damaged: list[str] = []
+    for path in [first, *(p for p in kept_checkpoints(out_dir) if p != first)]:
+        try:
+            state = load_checkpoint(path)
+        except RunFolderError as e:
+            damaged.append(str(e))
+            continue
+        if damaged:
+            log.warning(
+                "damaged checkpoint skipped: %s; resuming from %s", "; ".join(damaged), path
+            )
+        return path, state
+    raise RunFolderError(f"no intact checkpoint in {first.parent}: {'; '.join(damaged)}")
 
 
 # ---- starting or resuming ------------------------------------------------------------------
@@ -134,12 +341,12 @@ def open_run(
     """The checkpoint state to continue from, or None for a fresh start.
 
     Without ``resume``, a folder that holds a checkpoint is refused (FileExistsError) unless
-    ``overwrite``, which deletes its checkpoints (on the main rank; every rank waits). With
-    ``resume``, the latest checkpoint is loaded and must pass ``check_resumable``; a folder
-    without one starts fresh.
+    ``overwrite``, which deletes ``<out>/checkpoints`` (on the main rank; every rank waits),
+    never a folder a file names. With ``resume``, the newest intact checkpoint is loaded and
+    must pass ``check_resumable``; a folder without one starts fresh.
     """
     out = Path(out_dir)
-    ckpt = latest_checkpoint(out)
+    ckpt = latest_checkpoint(out)  # checked first: a bad pointer stops before any delete
     if ckpt is not None and not resume:
         if not overwrite:
             raise FileExistsError(
@@ -147,12 +354,13 @@ def open_run(
                 "it or --overwrite to start again"
             )
         if ctx.is_main:
-            shutil.rmtree(ckpt.parent)
+            shutil.rmtree(out / CHECKPOINTS)
         distributed.barrier(ctx)
         return None
-    if ckpt is None:
+    found = load_latest(out)
+    if found is None:
         return None
-    state = load_checkpoint(ckpt)
+    state = found[1]
     check_resumable(state["config"], cfg)
     return state
 

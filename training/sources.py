@@ -63,6 +63,7 @@ def clip_shard_source(urls: list[str], cfg: TrainConfig, task: str) -> StreamFac
             seed=seed,
             size=(cfg.height, cfg.width),
             tasks=[task],
+            max_damaged_share=cfg.max_damaged_share,
         )
         return iter(ds)
 
@@ -73,8 +74,8 @@ def decode_latent_sample(key: str, members: dict[str, bytes], meta: dict) -> dic
     """A latent sample from its shard members (``meta`` is its parsed json)."""
     return {
         "__key__": key,
-        "latents": torch.load(io.BytesIO(members["latents.pth"])).float(),  # (48, F, h, w)
-        "event_emb": torch.load(io.BytesIO(members["event_emb.pth"])).float(),  # (Le, D)
+        "latents": torch.load(io.BytesIO(members["latents.pth"]), weights_only=True).float(),
+        "event_emb": torch.load(io.BytesIO(members["event_emb.pth"]), weights_only=True).float(),
         "history_latent_frames": int(meta["history_latent_frames"]),
         "history_starts_at_first_frame": bool(meta["history_starts_at_first_frame"]),
         "keys": np.asarray(meta["keys"], dtype=np.int64),
@@ -89,8 +90,11 @@ def read_latent_samples(shard: str | Path, task: str, config_hash: str) -> list[
     """The ``task`` samples of one latent shard in file order (only those are decoded).
 
     A sample encoded with another config (json ``config_hash``) is an error."""
+    from curation.shard_reader import tar_damage
     from curation.shards import iter_shard
 
+    if (why := tar_damage(shard)) is not None:  # tarfile stops silently at a bad header
+        raise ValueError(f"latent shard {shard} is damaged ({why}): rerun encode-latents")
     out = []
     for key, members in iter_shard(shard):
         meta = json.loads(members["json"])

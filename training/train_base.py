@@ -34,6 +34,7 @@ from training.run import (
     open_run,
     provenance_labels,
     rng_state,
+    run_lock,
     save_checkpoint,
     seed_rngs,
     set_rng_state,
@@ -305,5 +306,8 @@ class Trainer:
 def train(cfg: TrainConfig, *, streams=None, resume: bool = False, overwrite: bool = False) -> dict:
     """Train ``cfg`` (or continue from ``<out>/checkpoints`` with ``resume``; ``overwrite``
     discards an earlier run's checkpoints there); returns a summary. On several workers:
-    ``training.distributed.run_ray(train, cfg, resume=..., overwrite=...)``."""
-    return Trainer(cfg, streams=streams, resume=resume, overwrite=overwrite).run()
+    ``training.distributed.run_ray(train, cfg, resume=..., overwrite=...)``. The main rank
+    holds the run folder's lock throughout (a second run into it fails at once)."""
+    main = distributed.context().is_main
+    with run_lock(cfg.out_dir) if main else contextlib.nullcontext():
+        return Trainer(cfg, streams=streams, resume=resume, overwrite=overwrite).run()

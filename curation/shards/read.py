@@ -72,6 +72,37 @@ def shard_pattern(dataset: str) -> re.Pattern:
     return re.compile(rf"^{re.escape(dataset)}-(\d{{6}})(\.tar|{re.escape(STATS_SUFFIX)})$")
 
 
+class IndexPathError(ShardError, ValueError):
+    """An index entry names a shard outside the dataset folder or not of its pattern."""
+
+
+# a shard file name as the writer makes it: <dataset>-<6 digits>.tar
+_SHARD_NAME = re.compile(r"^(?P<dataset>[A-Za-z0-9_-]{1,200})-\d{6}\.tar$")
+
+
+def shard_paths(shards_dir: str | Path, names: Collection[str]) -> list[str]:
+    """Paths of the index's ``shard`` entries, each checked to be a plain file name of one
+    dataset's shard pattern that stays inside ``shards_dir`` (links resolved); an index
+    entry like ``../other/x.tar`` is an IndexPathError, never a tar opened elsewhere."""
+    folder = Path(shards_dir)
+    index = folder / INDEX_NAME
+    datasets = set()
+    for name in names:
+        m = _SHARD_NAME.match(name) if isinstance(name, str) else None
+        if m is None:
+            raise IndexPathError(f"{index}: shard entry {name!r} is not a shard file name")
+        datasets.add(m.group("dataset"))
+    if len(datasets) > 1:
+        raise IndexPathError(f"{index}: shard entries of several datasets {sorted(datasets)}")
+    paths = []
+    for name in sorted(names):
+        path = folder / name
+        if path.resolve().parent != folder.resolve():  # a link to elsewhere
+            raise IndexPathError(f"{index}: shard entry {name!r} leads outside {folder}")
+        paths.append(str(path))
+    return paths
+
+
 def _read_index(shards_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
     path = Path(shards_dir) / INDEX_NAME
     if not path.exists() and (Path(shards_dir) / OLD_INDEX_NAME).exists():
@@ -93,8 +124,9 @@ def read_index(shards_dir: str | Path) -> pa.Table:
 
 def indexed_shards(shards_dir: str | Path) -> list[str]:
     """Paths of the dataset's complete shards (those the index names): what a trainer reads."""
-    names = sorted(set(_read_index(shards_dir, ["shard"]).column("shard").to_pylist()))
-    return [str(Path(shards_dir) / n) for n in names]
+    return shard_paths(
+        shards_dir, set(_read_index(shards_dir, ["shard"]).column("shard").to_pylist())
+    )
 
 
 def index_kind(index: pa.Table) -> SampleKind:
@@ -171,6 +203,7 @@ def shards_for(shards_dir: str | Path, task: str, min_frames: int) -> list[str]:
     """
     shards_dir = Path(shards_dir)
     index = _read_index(shards_dir, ["key", "shard", "frames", "tasks", "members"])
+    shard_paths(shards_dir, set(index.column("shard").to_pylist()))  # every entry, checked
     index = index.filter(pc.greater_equal(index.column("frames"), min_frames))
     tasks = index.column("tasks")
     # Each row's task list, flattened: keep the rows (parent indices) one of whose is ``task``.

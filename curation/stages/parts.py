@@ -14,6 +14,7 @@ newest status of an item wins).
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -38,6 +39,14 @@ STATUS_SCHEMA = pa.schema(
         pa.field("part", pa.string(), nullable=False),
     ]
 )
+
+
+# what part_name makes: a status row naming anything else is not ours (a path, an edit)
+PART_RE = re.compile(r"^part-\d{4,}-[0-9a-f]{16}$")
+
+
+class PartRecordError(ValueError):
+    """A committed status row names a part that is not a part file name of this folder."""
 
 
 def part_name(items: Iterable[tuple[str, str]], run: int) -> str:
@@ -94,6 +103,12 @@ def read_status(parts_dir: Path) -> pa.Table:
     table = _read_dir(parts_dir / STATUS, STATUS_SCHEMA)
     if table.num_rows == 0:
         return table
+    bad = sorted({p for p in table.column("part").to_pylist() if not PART_RE.match(p)})
+    if bad:
+        raise PartRecordError(
+            f"{parts_dir / STATUS}: status rows name parts {bad[:3]} that are not part file "
+            "names; rerun with --overwrite to start over"
+        )
     rows = table.to_pylist()
     latest: dict[tuple[str, str], dict] = {}
     for r in sorted(rows, key=lambda r: (r["run"], r["part"])):
@@ -105,6 +120,9 @@ def read_status(parts_dir: Path) -> pa.Table:
 def read_table_parts(parts_dir: Path, table: str, schema: pa.Schema, parts: set[str]) -> pa.Table:
     """Rows of ``table`` from committed ``parts`` only (uncommitted batches are ignored)."""
     folder = parts_dir / table
+    bad = sorted(p for p in parts if not PART_RE.match(p))
+    if bad:
+        raise PartRecordError(f"{folder}: asked for parts {bad[:3]}, not part file names")
     files = [folder / f"{p}.parquet" for p in sorted(parts)]
     found = [f for f in files if f.exists()]
     if not found:
