@@ -87,6 +87,10 @@ class DataRoot:
     def parts(self, stage: str) -> Path:
         return self.manifests / f"{check_name(stage, 'stage')}.parts"
 
+    def lock(self, stage: str) -> Path:
+        """Held by the one run of ``stage`` writing to this root (curation.locks)."""
+        return self.manifests / f".{check_name(stage, 'stage')}.lock"
+
     @property
     def reports(self) -> Path:
         return self.path / "reports"

@@ -18,6 +18,7 @@ import typer
 
 from curation.config import ConfigError, cli_parameters, cli_values, fields, layered
 from curation.dataroot import DataRootError
+from curation.locks import InUseError
 from curation.shards.read import IndexPathError
 from curation.stages.base import Stage, StaleConfigError
 from curation.stages.parts import PartRecordError
@@ -25,7 +26,7 @@ from jobs.runner import JobError, RunOptions, run_stage
 
 USER_ERRORS = (
     StaleConfigError, JobError, DataRootError, FileNotFoundError, NotADirectoryError,
-    PartRecordError, IndexPathError,
+    PartRecordError, IndexPathError, InUseError,
 )  # fmt: skip
 
 

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
+from curation import locks
 from curation.config import absolute_paths, option
 from curation.dataroot import DataRoot
 from curation.manifest import atomic_write_json, write_table
@@ -253,10 +254,22 @@ def clear(stage: Stage) -> None:
 
 
 def run_stage(stage_cls: type[Stage], config, opts: RunOptions | None = None) -> dict:
-    """Run ``stage_cls`` with ``config`` to completion; returns the summary (see module)."""
+    """Run ``stage_cls`` with ``config`` to completion; returns the summary (see module).
+
+    The run holds the stage's lock on the root: a second run of the stage on the same root
+    fails at once naming the first (two runs would mix their outputs). A dry run only reads.
+    """
     opts = opts or RunOptions()
-    t0 = time.perf_counter()
     root = DataRoot.at(opts.root)
+    if opts.dry_run:
+        return _run_stage(stage_cls, config, opts, root)
+    what = f"the {stage_cls.name} stage of {root}"
+    with locks.hold(root.lock(stage_cls.name), what, "wait for it to end or use another --root"):
+        return _run_stage(stage_cls, config, opts, root)
+
+
+def _run_stage(stage_cls: type[Stage], config, opts: RunOptions, root: DataRoot) -> dict:
+    t0 = time.perf_counter()
     stage = stage_cls(absolute_paths(config), root)
     parts = root.parts(stage.name)
     if opts.overwrite:
