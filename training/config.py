@@ -10,15 +10,14 @@ from curation.config import from_dict, option
 
 
 @dataclass
-class TrainConfig:
-    """Every knob of a base training run; ``--set KEY=VALUE`` sets any of them."""
+class RunConfig:
+    """The knobs base training and distillation share: the model and its encoders, the data
+    it reads (geometry, mixture, tasks) and the run's bookkeeping. Each run's own dataclass
+    adds the rest; a field it declares again keeps its place here with the new default."""
 
     name: str = option("tiny", "Run name (the preset's).", cli=False)
     # ---- model: backends are "tiny-random" or a local diffusers folder -------------------
     model: str = option("tiny", "model.configs name of the TSCM transformer.", cli=False)
-    weights: str | None = option(
-        None, "Local Wan2.2-TI2V-5B diffusers folder (transformer/ inside); none: random init."
-    )
     vae: str = option("tiny-random", "VAE: a local Wan2.2 folder or tiny-random.")
     text_encoder: str = option("tiny-random", "UMT5: a local Wan2.2 folder or tiny-random.")
     event_len: int = option(64, "Text tokens of the event description.", cli=False)
@@ -46,18 +45,35 @@ class TrainConfig:
     # (H, W): the reader covers it with the aspect kept and centre-crops. 128x224 (0.571) is
     # 544x960's aspect (0.567) to within 1% (about 4 px cropped top and bottom at 544x960);
     # both must be multiples of 32 (VAE stride 16 x patch 2).
-    height: int = option(128, "Training frame height (multiple of 32).", cli=False)
-    width: int = option(224, "Training frame width (multiple of 32).", cli=False)
+    height: int = option(128, "Frame height (multiple of 32).", cli=False)
+    width: int = option(224, "Frame width (multiple of 32).", cli=False)
     pred_latent_frames: int = option(2, "Latent frames of the prediction block.", cli=False)
     # most latent frames of I2V history (the prediction block may sit anywhere in the clip and
     # all frames before it up to this cap are history; the model samples and compresses them)
     max_history_latent_frames: int = option(
         40, "Most latent frames of I2V history (tiny: about 10 s at 16 fps).", cli=False
     )
-    batch_size: int = option(2, "Global batch size.")
     shuffle_buffer: int = option(16, "Reader shuffle buffer (samples).", cli=False)
-    # ---- flow matching ---------------------------------------------------------------------
     shift: float = option(3.0, "Wan's timestep shift.", cli=False)
+    mixed_precision: str = option("bf16", "Autocast dtype on CUDA (CPU: float32).", cli=False)
+    seed: int = option(0, "Seed of everything random.", cli=False)
+    # ---- outputs ---------------------------------------------------------------------------
+    log_every: int = option(1, "Log every N steps.", cli=False)
+    keep_checkpoints: int = option(3, "Newest checkpoints kept on disk.", cli=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """Every knob of a base training run; ``--set KEY=VALUE`` sets any of them."""
+
+    weights: str | None = option(
+        None, "Local Wan2.2-TI2V-5B diffusers folder (transformer/ inside); none: random init."
+    )
+    batch_size: int = option(2, "Global batch size.")
+    # ---- flow matching ---------------------------------------------------------------------
     sigma_sampling: str = option("uniform", "uniform or logit_normal.", cli=False)
     # ---- optimisation ----------------------------------------------------------------------
     steps: int = option(40, "Total optimiser steps.")
@@ -67,13 +83,9 @@ class TrainConfig:
     warmup_steps: int = option(0, "Linear learning-rate warm-up steps.", cli=False)
     grad_clip: float = option(1.0, "Gradient-norm clip.", cli=False)
     ema_decay: float = option(0.9, "EMA decay (short tiny runs; wan22-5b: 0.999).", cli=False)
-    mixed_precision: str = option("bf16", "Autocast dtype on CUDA (CPU: float32).", cli=False)
-    seed: int = option(0, "Seed of everything random.", cli=False)
     # ---- outputs ---------------------------------------------------------------------------
     out_dir: str = option("./runs/tiny", "Run folder: checkpoints, metrics, samples.", flag="--out")
-    log_every: int = option(1, "Log every N steps.", cli=False)
     ckpt_every: int = option(20, "Checkpoint every N steps.", cli=False)
-    keep_checkpoints: int = option(3, "Newest checkpoints kept on disk.", cli=False)
     val_every: int = option(20, "Validation sample every N steps (0: never).", cli=False)
     val_sampling_steps: int = option(4, "Euler steps of a validation sample.", cli=False)
     # ---- distribution (Ray Train); 1 worker = plain single process -----------------------
@@ -89,9 +101,6 @@ class TrainConfig:
     @property
     def tiny_random(self) -> bool:
         return "tiny-random" in (self.vae, self.text_encoder) or self.weights is None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -148,48 +157,17 @@ def preset(name: str, **overrides: Any) -> TrainConfig:
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(RunConfig):
     """Every knob of a self-forcing DMD distillation run; ``--set KEY=VALUE`` sets any of them."""
 
-    name: str = option("tiny", "Run name (the preset's).", cli=False)
     # ---- models: generator, real score and fake score all start from the base ----------------
     base: str | None = option(
         None,
         "Base model: a `yume-train base` run folder (its EMA weights) or a local Wan2.2 "
         "diffusers folder; none: random init of --set model (tests only).",
     )
-    model: str = option("tiny", "model.configs name of the TSCM transformer.", cli=False)
-    vae: str = option("tiny-random", "VAE: a local Wan2.2 folder or tiny-random.")
-    text_encoder: str = option("tiny-random", "UMT5: a local Wan2.2 folder or tiny-random.")
-    event_len: int = option(64, "Text tokens of the event description.", cli=False)
-    action_len: int = option(32, "Text tokens of the action description.", cli=False)
-    action_style: str = option("yume", "Action phrase set: yume or yume5b.", cli=False)
-    gradient_checkpointing: bool = option(False, "Recompute block activations.", cli=False)
     # ---- data: real windows give the first block's context and every block's texts -----------
-    data_root: str = option("./data", "Data root with shards/ (or latents/).", flag="--root")
-    latents: bool = option(False, "Read pre-encoded latent shards (latents/) instead of clips.")
-    datasets: dict[str, float] = option(
-        factory=lambda: {"sekai-real": 1.0},
-        help="Mixture weights per dataset or dataset:task.",
-        cli=False,
-    )
-    tasks: dict[str, int] = option(
-        factory=lambda: {"t2v": 1, "i2v": 1}, help="Steps of each task per cycle.", cli=False
-    )
-    # a damaged shard (a tar member header that does not parse, a truncated tar) is skipped
-    # and counted; past this share of a dataset's shards the run stops (bad storage or a bad
-    # copy, not bad luck): raise it on --resume to finish a run on what is readable
-    max_damaged_share: float = option(
-        0.05, "Share of a dataset's shards that may be damaged before the run stops.", cli=False
-    )
-    height: int = option(128, "Frame height (multiple of 32).", cli=False)
-    width: int = option(224, "Frame width (multiple of 32).", cli=False)
-    pred_latent_frames: int = option(2, "Latent frames of one generated block.", cli=False)
-    max_history_latent_frames: int = option(
-        40, "Most history latent frames of a read window (its actions feed the blocks).", cli=False
-    )
     batch_size: int = option(1, "Rollouts per update.")
-    shuffle_buffer: int = option(16, "Reader shuffle buffer (samples).", cli=False)
     # ---- the generator's few-step rollout ----------------------------------------------------
     shift: float = option(3.0, "Wan's timestep shift (the base run's).", cli=False)
     denoising_steps: tuple[int, ...] = option(
@@ -218,13 +196,9 @@ class DistillConfig:
     grad_clip: float = option(10.0, "Gradient-norm clip (both).", cli=False)
     ema_decay: float = option(0.9, "Generator EMA decay (wan22-5b: 0.99).", cli=False)
     ema_start_step: int = option(0, "EMA follows the weights exactly before this step.", cli=False)
-    mixed_precision: str = option("bf16", "Autocast dtype on CUDA (CPU: float32).", cli=False)
-    seed: int = option(0, "Seed of everything random.", cli=False)
     # ---- outputs ----------------------------------------------------------------------------
     out_dir: str = option("./runs/distill-tiny", "Run folder.", flag="--out")
-    log_every: int = option(1, "Log every N steps.", cli=False)
     ckpt_every: int = option(10, "Checkpoint every N steps.", cli=False)
-    keep_checkpoints: int = option(3, "Newest checkpoints kept on disk.", cli=False)
     val_every: int = option(10, "Validation rollout every N steps (0: never).", cli=False)
     val_blocks: int = option(4, "Blocks of a validation rollout.", cli=False)
 
@@ -236,9 +210,6 @@ class DistillConfig:
     @property
     def tiny_random(self) -> bool:
         return "tiny-random" in (self.vae, self.text_encoder) or self.base is None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DistillConfig:
