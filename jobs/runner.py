@@ -39,8 +39,17 @@ from curation.config import absolute_paths, option
 from curation.dataroot import DataRoot
 from curation.manifest import atomic_write_json, write_table
 from curation.provenance import provenance
-from curation.stages.base import Outcome, Result, Stage, StaleConfigError, unexpected
+from curation.stages.base import (
+    FatalError,
+    Outcome,
+    Result,
+    Stage,
+    StaleConfigError,
+    raise_if_fatal,
+    unexpected,
+)
 from curation.stages.parts import (
+    input_version,
     part_name,
     read_status,
     read_table_parts,
@@ -97,15 +106,19 @@ def process_batch(stage: Stage, items: list[dict], run: int) -> list[dict]:
 
     A batch whose ``process`` raises is processed again one item at a time, and an item
     that still raises is rejected as ``unexpected_error``: one bad input never ends a job.
+    A ``FatalError`` (a full disk) ends it: no later input could succeed.
     """
     try:
         result = stage.process(items)
+    except FatalError:
+        raise
     except Exception:
         outcomes, tables = [], {name: [] for name in stage.tables}
         for item in items:
             try:
                 one = stage.process([item])
             except Exception as e:
+                raise_if_fatal(e, item)
                 outcomes.append(unexpected(item, e))
                 continue
             outcomes += one.outcomes
@@ -187,11 +200,27 @@ def _run_on_ray(stage: Stage, batches: list[list[dict]], opts: RunOptions, run: 
     live = opts.progress and sys.stderr.isatty()  # no terminal: one line at the end instead
     t0 = time.perf_counter()
     with tqdm(total=total, desc=stage.name, unit="item", disable=not live) as bar:
-        for out in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            bar.update(out.num_rows)
+        try:
+            for out in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                bar.update(out.num_rows)
+        except Exception as e:
+            fatal = _fatal_cause(e)
+            if fatal is None:
+                raise
+            raise JobError(f"{stage.name}: {fatal}") from None
     if opts.progress and not live:
         print(f"{stage.name}: {total}/{total} items in {time.perf_counter() - t0:.1f} s",
               file=sys.stderr)  # fmt: skip
+
+
+def _fatal_cause(error: BaseException) -> BaseException | None:
+    """The ``FatalError`` a worker raised, inside the exceptions Ray wraps it in."""
+    found, seen = None, set()
+    while error is not None and id(error) not in seen:  # the innermost one is the worker's own
+        seen.add(id(error))
+        found = error if isinstance(error, FatalError) else found
+        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
+    return found
 
 
 # ---- the driver side ----------------------------------------------------------------------------
@@ -232,7 +261,12 @@ def _check_config(stage: Stage, status: pa.Table) -> None:
 
 
 def _check_inputs(stage: Stage, items: list[dict], status: pa.Table) -> None:
-    recorded = {r["key"]: r["input"] for r in status.to_pylist() if r["reason"] != DUPLICATE}
+    """Refuse a key that now names another input, or whose input file changed since it was
+    processed: its outputs may already be packed into shards, which are never rewritten."""
+    rows = [r for r in status.to_pylist() if r["reason"] != DUPLICATE]
+    recorded = {r["key"]: r["input"] for r in rows}
+    versions = {r["key"]: r["input_version"] for r in rows if r["status"] == "done"}
+    changed = []
     for item in items:
         old = recorded.get(item["key"])
         if old is not None and old != item["input"]:
@@ -240,6 +274,15 @@ def _check_inputs(stage: Stage, items: list[dict], status: pa.Table) -> None:
                 f"{stage.name}: key {item['key']!r} was made from {old!r}, this run gives "
                 f"{item['input']!r}; rerun with --overwrite to start over, or use another --root"
             )
+        was = versions.get(item["key"])
+        if was is not None and input_version(item["input"]) not in (None, was):
+            changed.append(item["input"])
+    if changed:
+        raise JobError(
+            f"{stage.name}: {len(changed)} inputs changed since they were processed "
+            f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}); rerun with "
+            "--overwrite to redo the stage on the current inputs"
+        )
 
 
 def clear(stage: Stage) -> None:

@@ -14,7 +14,9 @@ newest status of an item wins).
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -37,8 +39,21 @@ STATUS_SCHEMA = pa.schema(
         pa.field("config_hash", pa.string(), nullable=False),
         pa.field("run", pa.int32(), nullable=False),  # 1 for the first run on this root
         pa.field("part", pa.string(), nullable=False),
+        # ``size:mtime_ns`` of the input file when processed (input_version); null when the
+        # input names no local file, and in parts written before this column
+        pa.field("input_version", pa.string()),
     ]
 )
+
+
+def input_version(text: str) -> str | None:
+    """``size:mtime_ns`` of the local file an item's input names; None when it names none
+    (a CSV row ``file:row``, a URI). Why: a rerun can tell an input edited since."""
+    try:
+        st = os.stat(text)
+    except (OSError, ValueError):
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}" if stat.S_ISREG(st.st_mode) else None
 
 
 # what part_name makes: a status row naming anything else is not ours (a path, an edit)
@@ -83,6 +98,7 @@ def write_part(
                 "config_hash": config_hash,
                 "run": run,
                 "part": name,
+                "input_version": input_version(o.input),
             }
             for o in outcomes
         ],
@@ -95,7 +111,17 @@ def _read_dir(folder: Path, schema: pa.Schema) -> pa.Table:
     files = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
     if not files:
         return schema.empty_table()
-    return pa.concat_tables([conform(pq.read_table(f), schema) for f in files])
+    return pa.concat_tables([conform(_with_nullable(pq.read_table(f), schema), schema)
+                             for f in files])  # fmt: skip
+
+
+def _with_nullable(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with the nullable columns of ``schema`` it lacks added as nulls (parts
+    written by an older version)."""
+    for f in schema:
+        if f.nullable and f.name not in table.column_names:
+            table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
+    return table
 
 
 def read_status(parts_dir: Path) -> pa.Table:
