@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Every stage end to end on generated sample data (tiny-random models), then a short training run.
+# Sample inputs are made once: rewriting them would change the inputs of finished stages,
+# which a rerun refuses (delete $(DATA) to start over).
 demo: setup
-	$(BIN)/yume-data sample-sekai --out $(DATA)/sample-sekai --clips $(CLIPS) --video
+	test -d $(DATA)/sample-sekai/videos || $(BIN)/yume-data sample-sekai --out $(DATA)/sample-sekai --clips $(CLIPS) --video
 	$(BIN)/yume-data sekai-actions --sekai $(DATA)/sample-sekai --root $(DATA)
 	$(BIN)/yume-data clips --videos $(DATA)/sample-sekai/videos --root $(DATA)
 	$(BIN)/yume-data shards verify --root $(DATA)
@@ -32,7 +34,7 @@ demo: setup
 	$(BIN)/python -m curation.sample_openvid $(DATA)/sample-openvid/OpenVid-sample.csv 400 0
 	$(BIN)/yume-data dedup-captions --captions $(DATA)/sample-openvid/OpenVid-sample.csv --n 4 --root $(DATA)
 	$(BIN)/yume-data synth --t2v tiny-random --resolution 32x32 --frames 9 --steps 2 --top-k 3 --root $(DATA) || test $$? -eq 3  # 3: the videos below the top k are rejects
-	$(BIN)/python -m curation.sample_images $(DATA)/sample-images 4
+	test -d $(DATA)/sample-images || $(BIN)/python -m curation.sample_images $(DATA)/sample-images 4
 	$(BIN)/yume-data events --preset tiny --images $(DATA)/sample-images --root $(DATA)
 	$(BIN)/yume-data screening export --root $(DATA) --screener demo --batch-size 1000 --out $(DATA)/screening/demo.csv
 	$(BIN)/python -m curation.screening.fill $(DATA)/screening/demo.csv --keep-share 0.6 --seed 0  # a person filling the sheet
@@ -62,12 +64,12 @@ bench: setup
 	$(BIN)/python -m tests.bench.run_all
 
 sample-sekai: setup
-	$(BIN)/yume-data sample-sekai --out $(DATA)/sample-sekai --clips $(CLIPS) --video
+	test -d $(DATA)/sample-sekai/videos || $(BIN)/yume-data sample-sekai --out $(DATA)/sample-sekai --clips $(CLIPS) --video
 
 # SEKAI=<release dir>; without it, the job runs on generated sample data.
 sekai-actions: setup
 ifeq ($(SEKAI),)
-	$(BIN)/yume-data sample-sekai --out $(DATA)/sample-sekai --clips $(CLIPS)
+	test -f $(DATA)/sample-sekai/ground_truth.parquet || $(BIN)/yume-data sample-sekai --out $(DATA)/sample-sekai --clips $(CLIPS)
 	$(BIN)/yume-data sekai-actions --sekai $(DATA)/sample-sekai --root $(DATA)
 else
 	$(BIN)/yume-data sekai-actions --sekai $(SEKAI) --root $(DATA)
@@ -76,7 +78,7 @@ endif
 # VIDEOS=<folder of Sekai videos> after `make sekai-actions SEKAI=...`; without it, sample data.
 clips: setup
 ifeq ($(VIDEOS),)
-	$(BIN)/yume-data sample-sekai --out $(DATA)/sample-sekai --clips $(CLIPS) --video
+	test -d $(DATA)/sample-sekai/videos || $(BIN)/yume-data sample-sekai --out $(DATA)/sample-sekai --clips $(CLIPS) --video
 	$(BIN)/yume-data sekai-actions --sekai $(DATA)/sample-sekai --root $(DATA)
 	$(BIN)/yume-data clips --videos $(DATA)/sample-sekai/videos --root $(DATA)
 else
