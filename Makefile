@@ -8,7 +8,7 @@ DATA    ?= ./data
 SEKAI   ?=
 CLIPS   ?= 8
 
-.PHONY: setup demo test test-all test-slow lint bench sekai-actions sample-sekai clips train-base encode-latents shards-verify distill sample clean
+.PHONY: setup demo test test-all test-slow lint bench vbench-env sekai-actions sample-sekai clips train-base encode-latents shards-verify distill sample clean
 
 setup: $(STAMP)
 
@@ -59,6 +59,11 @@ test-slow: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# VBench 0.1.5 in its own venv (numpy<2, transformers 4.33): the `vbench:.venv-vbench/bin/python` scorer.
+VBENCH_VENV := .venv-vbench
+vbench-env: setup
+	$(BIN)/python -m model.backends.vbench_env $(VBENCH_VENV)
 
 bench: setup
 	$(BIN)/python -m tests.bench.run_all
