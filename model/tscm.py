@@ -63,16 +63,25 @@ def _is_tscm_key(name: str) -> bool:
     return name.startswith("linear_patch_embedding.") or ".channel_fusion." in name
 
 
-def _weight_files(root: Path) -> list[Path]:
-    """The safetensors file(s) of a diffusers model directory, sharded or not."""
-    index = root / "diffusion_pytorch_model.safetensors.index.json"
+# diffusers' from_pretrained keywords with nothing to do here: loading is always local, eager
+# and from safetensors (the others, e.g. device_map or revision, are refused by name)
+LOAD_NO_OPS = ("low_cpu_mem_usage", "local_files_only", "use_safetensors")
+
+
+def _weight_files(root: Path, variant: str | None = None) -> list[Path]:
+    """The safetensors file(s) of a diffusers model directory, sharded or not; ``variant``
+    names them as diffusers does (``diffusion_pytorch_model.<variant>.safetensors``, index
+    ``diffusion_pytorch_model.safetensors.index.<variant>.json``)."""
+    tag = f".{variant}" if variant else ""
+    index = root / f"diffusion_pytorch_model.safetensors.index{tag}.json"
     if index.is_file():
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         return [root / s for s in shards]
-    single = root / "diffusion_pytorch_model.safetensors"
+    single = root / f"diffusion_pytorch_model{tag}.safetensors"
     if single.is_file():
         return [single]
-    raise FileNotFoundError(f"no diffusion_pytorch_model.safetensors[.index.json] in {root}")
+    present = sorted(p.name for p in root.glob("diffusion_pytorch_model*"))
+    raise FileNotFoundError(f"no {single.name} or {index.name} in {root} (present: {present})")
 
 
 def rope_cos_sin(
@@ -318,16 +327,24 @@ class TSCMTransformer(WanTransformer3DModel):
         pretrained_model_name_or_path: str | os.PathLike,
         subfolder: str | None = None,
         torch_dtype: torch.dtype | None = None,
+        variant: str | None = None,
         **tscm_overrides: Any,
     ) -> TSCMTransformer:
-        """Load a local diffusers-format Wan2.2 or TSCM transformer directory (never downloads)."""
-        # diffusers' loader options that mean nothing here: loading is always local and eager
-        for option in ("low_cpu_mem_usage", "local_files_only", "use_safetensors"):
+        """Load a local diffusers-format Wan2.2 or TSCM transformer directory (never downloads).
+
+        Of diffusers' keywords it honours ``subfolder``, ``torch_dtype`` and ``variant`` and
+        accepts ``LOAD_NO_OPS``; any other keyword that is not a TSCM field is a TypeError
+        naming every such keyword (silently ignoring ``device_map`` or ``revision`` would load
+        something other than what was asked)."""
+        for option in LOAD_NO_OPS:
             tscm_overrides.pop(option, None)
-        unknown = set(tscm_overrides) - set(TSCM_FIELDS)
-        if unknown:
+        unsupported = sorted(set(tscm_overrides) - set(TSCM_FIELDS))
+        if unsupported:
             raise TypeError(
-                f"only TSCM fields can be overridden when loading, got {sorted(unknown)}"
+                f"TSCMTransformer.from_pretrained (a local-only loader) does not support "
+                f"{', '.join(unsupported)}; it takes subfolder, torch_dtype, variant, "
+                f"{', '.join(LOAD_NO_OPS)} (no effect here) and the TSCM fields "
+                f"{', '.join(TSCM_FIELDS)}"
             )
         root = Path(pretrained_model_name_or_path) / (subfolder or "")
         if not (root / "config.json").is_file():
@@ -339,7 +356,7 @@ class TSCMTransformer(WanTransformer3DModel):
 
         expected = set(model.state_dict())
         loaded: set[str] = set()
-        for file in _weight_files(root):
+        for file in _weight_files(root, variant):
             state = safetensors.torch.load_file(file)
             unexpected = sorted(k for k in set(state) - expected if "norm_added_q" not in k)
             if unexpected:

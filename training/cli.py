@@ -1,8 +1,10 @@
-"""`yume-train`: the model command line (base training, self-forcing distillation, sampling).
+"""`yume-train`: the model command line (base training, self-forcing distillation, sampling,
+export of a run's weights as a diffusers folder).
 
 Its options are ``TrainConfig``'s fields (help and defaults written once, on the fields),
 layered like every yume-data command: the preset < ``--config-file`` < named options <
-``--set KEY=VALUE``. Mistakes are one line on stderr, not a traceback.
+``--set KEY=VALUE``. Mistakes are one line on stderr, not a traceback; a run folder that
+cannot be used (``training.run.check_run_folder``) is refused before anything heavy loads.
 """
 
 from __future__ import annotations
@@ -53,6 +55,16 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+def _check_run_folder(cfg, resume: bool, overwrite: bool) -> None:
+    """One ``error:`` line (exit 1) for an unusable --out, before shards or models load."""
+    from training.run import check_run_folder
+
+    try:
+        check_run_folder(cfg, resume, overwrite)
+    except (FileExistsError, ValueError) as e:
+        _fail(str(e), 1)
+
+
 def base(**kwargs) -> None:
     """Base training: alternating T2V / I2V flow-matching steps over the shard mixture.
 
@@ -78,6 +90,7 @@ def base(**kwargs) -> None:
         typer.echo(
             f"[{cfg.name}] tiny-random / randomly initialised models: outputs are labelled so"
         )
+    _check_run_folder(cfg, resume, overwrite)
     from training.train_base import train
 
     try:
@@ -150,6 +163,7 @@ def distill(**kwargs) -> None:
         typer.echo(
             f"[{cfg.name}] tiny-random / randomly initialised models: outputs are labelled so"
         )
+    _check_run_folder(cfg, resume, overwrite)
     from training.distill import distill as run
 
     try:
@@ -215,6 +229,28 @@ sample.__signature__ = inspect.Signature(
     _command_parameters(SampleConfig, SAMPLE_PRESETS, run_folder=False)
 )
 app.command("sample")(sample)
+
+
+@app.command("export")
+def export(
+    run: Path = typer.Argument(..., help="A `yume-train base` or `distill` run folder."),
+    out: Path = typer.Option(..., "--out", help="The diffusers folder to write."),
+    ema: bool = typer.Option(False, "--ema", help="Export the EMA weights (else the raw ones)."),
+    variant: str | None = typer.Option(
+        None, "--variant", help="Name the weights diffusion_pytorch_model.<VARIANT>.safetensors."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export."),
+) -> None:
+    """Write a run's newest checkpoint as a diffusers folder (config + safetensors) that
+    `TSCMTransformer.from_pretrained`, `sample --weights` and `distill --base` load."""
+    from training.export import export as run_export
+
+    try:
+        info = run_export(run, out, ema=ema, variant=variant, overwrite=overwrite)
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        _fail(str(e), 1)
+    typer.echo(json.dumps({k: v for k, v in info.items() if k != "config"} | {"out": str(out)}))
+
 
 if __name__ == "__main__":
     app()

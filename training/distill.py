@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import pickle
 import time
@@ -57,11 +58,13 @@ from training.ema import EMA
 from training.metrics import MetricsLog
 from training.mixture import Mixture, Stream
 from training.run import (
+    check_run_folder,
     load_latest,
     open_run,
     rng_state,
     run_lock,
     save_checkpoint,
+    save_config,
     seed_rngs,
     set_rng_state,
 )
@@ -115,7 +118,12 @@ def load_transformer(source: str | None, model: str, seed: int = 0) -> tuple[TSC
     net = TSCMTransformer.from_pretrained(
         root, subfolder=sub, low_cpu_mem_usage=False, local_files_only=True
     )
-    return net.float().train(), {"transformer": str(root), "config": None, "tiny_random": False}
+    # a folder from `yume-train export` keeps its run's labels (a tiny-random run stays one)
+    exported = root / "export.json"
+    labels = json.loads(exported.read_text()).get("labels", {}) if exported.is_file() else {}
+    info = {"transformer": str(root), "config": None,
+            "tiny_random": bool(labels.get("tiny_random", False))}  # fmt: skip
+    return net.float().train(), info
 
 
 def check_base(cfg, saved: dict | None) -> None:
@@ -294,6 +302,7 @@ class Distiller:
         overwrite: bool = False,
     ):
         self.cfg = cfg
+        self.t0 = time.perf_counter()
         self.ctx = distributed.context()
         if self.ctx.world_size > 1:
             raise ValueError("yume-train distill runs in a single process")
@@ -343,6 +352,7 @@ class Distiller:
         state = open_run(self.out, cfg, self.ctx, resume=resume, overwrite=overwrite)
         if state is not None:
             self._restore(state)
+        save_config(self.out, cfg)
         self.log = MetricsLog(self.out, resume_step=self.step)
 
     # ---- encoders (loaded only when needed) ------------------------------------------------
@@ -591,6 +601,10 @@ class Distiller:
             "losses": losses,
             "generator_updates": self.gen_updates,
             "critic_updates": self.critic_steps,
+            "datasets": self.cfg.datasets,
+            # samples drawn per stream over the whole run (resumes included)
+            "samples_read": {f"{d}/{t}": s.consumed for (d, t), s in self.mixture.streams.items()},
+            "wall_s": round(time.perf_counter() - self.t0, 3),
             **labels,
         }
         rows = self.log.read()
@@ -637,6 +651,8 @@ def distill(
     cfg: DistillConfig, *, streams=None, resume: bool = False, overwrite: bool = False
 ) -> dict:
     """Distil ``cfg`` (or continue from ``<out>/checkpoints`` with ``resume``; ``overwrite``
-    discards an earlier run there); returns a summary. Holds the run folder's lock throughout."""
+    discards an earlier run there); returns a summary. Checks the run folder first
+    (``check_run_folder``, before the base model loads) and holds its lock throughout."""
+    check_run_folder(cfg, resume, overwrite)
     with run_lock(cfg.out_dir):
         return Distiller(cfg, streams=streams, resume=resume, overwrite=overwrite).run()

@@ -1,4 +1,9 @@
-"""Metrics: a JSONL log (plus TensorBoard when installed) and a loss-curve PNG."""
+"""Metrics: a JSONL log (plus TensorBoard when installed) and a loss-curve PNG.
+
+TensorBoard is the optional ``tensorboard`` extra (``pip install -e '.[tensorboard]'``):
+installed, every run also writes its numeric metrics to ``<out>/tensorboard`` (view with
+``tensorboard --logdir <out>/tensorboard``); without it only ``metrics.jsonl`` is written.
+"""
 
 from __future__ import annotations
 
@@ -52,28 +57,10 @@ class MetricsLog:
         return rows
 
     def plot(self, title: str) -> Path:
-        """Loss per step, T2V and I2V steps apart, with a running mean; returns the PNG path."""
-        import matplotlib
-
-        matplotlib.use("Agg")
+        """Write ``loss.png`` (``loss_figure`` of the logged rows); returns its path."""
         import matplotlib.pyplot as plt
 
-        rows = [r for r in self.read() if "loss" in r]
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for task in ("t2v", "i2v"):
-            pts = [(r["step"], r["loss"]) for r in rows if r.get("task") == task]
-            if pts:
-                ax.plot(*zip(*pts, strict=True), ".", alpha=0.5, label=task)
-        if rows:
-            k = max(1, len(rows) // 10)
-            losses = [r["loss"] for r in rows]
-            mean = [
-                sum(losses[max(0, i - k + 1) : i + 1]) / len(losses[max(0, i - k + 1) : i + 1])
-                for i in range(len(losses))
-            ]
-            ax.plot([r["step"] for r in rows], mean, "-", color="black", label=f"mean of {k}")
-        ax.set(xlabel="step", ylabel="flow-matching loss", title=title)
-        ax.legend()
+        fig = loss_figure(self.read(), title)
         out = self.path.with_name("loss.png")
         fig.savefig(out, dpi=100, bbox_inches="tight")
         plt.close(fig)
@@ -82,6 +69,39 @@ class MetricsLog:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def loss_figure(rows: list[dict], title: str):
+    """Train loss per step (T2V and I2V steps apart, with a running mean) and the validation
+    loss where it was logged, against whole steps; returns the matplotlib Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    train = [r for r in rows if "loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for task in ("t2v", "i2v"):
+        pts = [(r["step"], r["loss"]) for r in train if r.get("task") == task]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), ".", alpha=0.5, label=f"train loss ({task})")
+    if train:
+        k = max(1, len(train) // 10)
+        losses = [r["loss"] for r in train]
+        mean = [
+            sum(losses[max(0, i - k + 1) : i + 1]) / len(losses[max(0, i - k + 1) : i + 1])
+            for i in range(len(losses))
+        ]
+        ax.plot([r["step"] for r in train], mean, "-", color="black", label=f"train, mean of {k}")
+    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    if val:
+        ax.plot(*zip(*val, strict=True), "s-", color="tab:red", label="validation loss")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="step", ylabel="flow-matching loss", title=title)
+    if train or val:
+        ax.legend()
+    return fig
 
 
 def _tensorboard(log_dir: Path):

@@ -11,6 +11,9 @@ and every path read from ``latest.json`` must be a checkpoint file name inside
 
 - ``run_lock``: a run holds ``fcntl.flock`` on ``<out>/.lock`` (pid, host and start time
   written in it), so a second run into the folder fails at once naming the holder;
+- ``check_run_folder``: the cheap checks (a file, unwritable, an old run without ``resume``
+  or ``overwrite``, a resume with another config per ``config.json``), called before any
+  shard scan or model load; ``save_config`` writes that ``config.json``;
 - ``open_run``: a fresh run into a folder that holds a run is refused unless ``overwrite``;
   a resumed one loads the newest intact checkpoint (``load_latest``: a damaged newest one is
   named and the previous kept one used) after ``check_resumable`` (config differences
@@ -34,6 +37,7 @@ import random
 import re
 import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,13 +50,13 @@ from safetensors.torch import save_file
 
 from curation.manifest import atomic_write_json
 from curation.provenance import code_version
-from model.text import encoder_id
 from training import distributed
 from training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
+CONFIG = "config.json"  # the effective config of the latest start or resume
 LATEST = "latest.json"
 LOCK = ".lock"
 CHECKPOINT_RE = re.compile(r"^step-(\d{6,})\.safetensors$")
@@ -316,6 +320,56 @@ def load_latest(out_dir: str | Path) -> tuple[Path, dict] | None:
 # ---- starting or resuming ------------------------------------------------------------------
 
 
+def check_run_folder(cfg: Any, resume: bool, overwrite: bool) -> None:
+    """Refuse ``cfg.out_dir`` before anything heavy starts (a shard scan or a model load takes
+    seconds at tiny size, minutes at 5B): a file, a place this process cannot write, a folder
+    holding a run without ``resume`` or ``overwrite``, or (``resume``) a run whose saved
+    ``config.json`` differs beyond ``RESUMABLE_CHANGES``. Reads only small files."""
+    out = Path(cfg.out_dir)
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"--out {out} is a file, not a run folder")
+    _check_writable(out)
+    ckpt = latest_checkpoint(out)
+    saved = out / CONFIG
+    if not resume and not overwrite and (ckpt is not None or saved.is_file()):
+        what = ckpt.name if ckpt is not None else CONFIG
+        raise FileExistsError(
+            f"{out} holds a run ({what}); pass --resume to continue it or --overwrite to start "
+            "again"
+        )
+    if resume and ckpt is not None and saved.is_file():
+        try:
+            previous = json.loads(saved.read_text())
+        except (OSError, ValueError) as e:
+            raise RunFolderError(f"{saved} is unreadable ({type(e).__name__}: {e})") from None
+        check_resumable(previous, cfg)
+
+
+def _check_writable(out: Path) -> None:
+    """RunFolderError unless a file can be made in ``out`` or, before it exists, in its
+    nearest existing parent (a probe file, removed again: permission bits do not tell about
+    read-only mounts)."""
+    here = out
+    while not here.exists():
+        here = here.parent
+    if not here.is_dir():
+        raise RunFolderError(f"--out {out}: {here} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=here)
+    except OSError as e:
+        raise RunFolderError(f"--out {out}: cannot write in {here} ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def save_config(out_dir: str | Path, cfg: Any) -> Path:
+    """Write the run's effective config (preset, file, options and --set applied) as
+    ``config.json``: what this start or resume runs with, readable without a checkpoint."""
+    path = Path(out_dir) / CONFIG
+    atomic_write_json(path, cfg.to_dict())
+    return path
+
+
 def check_resumable(saved: dict, cfg: TrainConfig) -> None:
     """Refuse to resume a checkpoint made with another config (but see RESUMABLE_CHANGES).
 
@@ -373,6 +427,9 @@ def provenance_labels(
 ) -> dict:
     """Labels of everything a run writes; tiny-random when any model or any sample seen so
     far is. ``vae_id``: the loaded VAE's ``model_id`` (else the configured ``cfg.vae``)."""
+    from model.text import encoder_id  # here: transformers takes seconds to import, and
+    # check_run_folder (this module) runs before anything heavy loads
+
     return {
         "tiny_random": cfg.tiny_random or data_tiny_random,
         "vae": vae_id if vae_id is not None else cfg.vae,

@@ -31,11 +31,13 @@ from training.ema import EMA
 from training.metrics import MetricsLog
 from training.mixture import Mixture, Stream
 from training.run import (
+    check_run_folder,
     open_run,
     provenance_labels,
     rng_state,
     run_lock,
     save_checkpoint,
+    save_config,
     seed_rngs,
     set_rng_state,
 )
@@ -99,6 +101,7 @@ class Trainer:
         overwrite: bool = False,
     ):
         self.cfg = cfg
+        self.t0 = time.perf_counter()
         self.ctx = distributed.context()
         self.out = Path(cfg.out_dir)
         rank = self.ctx.rank
@@ -137,6 +140,8 @@ class Trainer:
         state = open_run(self.out, cfg, self.ctx, resume=resume, overwrite=overwrite)
         if state is not None:
             self._restore(state)
+        if self.ctx.is_main:
+            save_config(self.out, cfg)
         self.log = MetricsLog(self.out, resume_step=self.step) if self.ctx.is_main else None
 
     @property
@@ -284,7 +289,15 @@ class Trainer:
         return self.finish(losses)
 
     def finish(self, losses: list[float]) -> dict:
-        summary = {"steps": self.step, "losses": losses, **self._labels()}
+        summary = {
+            "steps": self.step,
+            "losses": losses,
+            "datasets": self.cfg.datasets,
+            # samples drawn per stream over the whole run (resumes included)
+            "samples_read": {f"{d}/{t}": s.consumed for (d, t), s in self.mixture.streams.items()},
+            "wall_s": round(time.perf_counter() - self.t0, 3),
+            **self._labels(),
+        }
         if self.log is None:
             return summary
         rows = [r for r in self.log.read() if "loss" in r]
@@ -307,7 +320,10 @@ def train(cfg: TrainConfig, *, streams=None, resume: bool = False, overwrite: bo
     """Train ``cfg`` (or continue from ``<out>/checkpoints`` with ``resume``; ``overwrite``
     discards an earlier run's checkpoints there); returns a summary. On several workers:
     ``training.distributed.run_ray(train, cfg, resume=..., overwrite=...)``. The main rank
-    holds the run folder's lock throughout (a second run into it fails at once)."""
+    holds the run folder's lock throughout (a second run into it fails at once) and checks
+    the folder first (``check_run_folder``), before any shard scan or model load."""
     main = distributed.context().is_main
+    if main:
+        check_run_folder(cfg, resume, overwrite)
     with run_lock(cfg.out_dir) if main else contextlib.nullcontext():
         return Trainer(cfg, streams=streams, resume=resume, overwrite=overwrite).run()
