@@ -239,12 +239,24 @@ def _angles_deg(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _range_means(
     values: np.ndarray, valid: np.ndarray, lo: np.ndarray, hi: np.ndarray
 ) -> np.ndarray:
-    """Mean of ``values[lo:hi]`` over valid entries, per range, via prefix sums (0 if none)."""
-    csum = np.concatenate([[0.0], np.cumsum(np.where(valid, values, 0.0))])
-    ccnt = np.concatenate([[0], np.cumsum(valid)])
-    lo, hi = np.clip(lo, 0, len(values)), np.clip(hi, 0, len(values))
-    n = ccnt[hi] - ccnt[lo]
-    return np.where(n > 0, (csum[hi] - csum[lo]) / np.maximum(n, 1), 0.0)
+    """Mean of ``values[lo:hi]`` over valid entries, per range (0 if none).
+
+    Each range is summed on its own (``np.add.reduceat``), not as a difference of prefix
+    sums over everything: a huge or infinite value elsewhere in the array must not round
+    another range's mean to 0 or turn it into ``inf - inf = NaN``.
+    """
+    n = len(values)
+    lo, hi = np.clip(lo, 0, n), np.clip(hi, 0, n)
+    if len(lo) == 0:
+        return np.zeros(0)
+    padded = np.append(np.where(valid, values, 0.0), 0.0)  # hi == n stays a valid index
+    counted = np.append(valid.astype(np.int64), 0)
+    bounds = np.stack([lo, hi], axis=1).reshape(-1)
+    sums = np.add.reduceat(padded, bounds)[::2]
+    counts = np.add.reduceat(counted, bounds)[::2]
+    empty = hi <= lo  # reduceat gives the single element at lo for an empty range
+    counts = np.where(empty, 0, counts)
+    return np.where(counts > 0, np.where(empty, 0.0, sums) / np.maximum(counts, 1), 0.0)
 
 
 def segment_speeds_batch(
@@ -254,23 +266,27 @@ def segment_speeds_batch(
 
     distance = mean |Δposition| × fps; turn = mean angle (degrees) between successive
     displacement vectors; view rotation = mean angle (degrees) between successive camera z axes.
+    Each segment only reads its own frames, so segments of several trajectories concatenated
+    into one array get the speeds they would get alone; overflowing poses give non-finite
+    speeds (for the caller to reject), with no warning.
     """
     c2w = np.asarray(c2w, dtype=np.float64)
-    starts, ends = np.asarray(starts), np.asarray(ends)
-    d = np.diff(c2w[:, :3, 3], axis=0)  # (N-1, 3): d[j] = p[j+1] - p[j]
-    step = np.linalg.norm(d, axis=1)
-    turn, turn_ok = _angles_deg(d[:-1], d[1:])  # (N-2,)
-    z = c2w[:, :3, 2]
-    view, view_ok = _angles_deg(z[:-1], z[1:])  # (N-1,)
-    distance = _range_means(step, np.ones_like(step, bool), starts, ends) * fps
-    return np.stack(
-        [
-            distance,
-            _range_means(turn, turn_ok, starts, ends - 1),
-            _range_means(view, view_ok, starts, ends),
-        ],
-        axis=1,
-    )
+    starts, ends = np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = np.diff(c2w[:, :3, 3], axis=0)  # (N-1, 3): d[j] = p[j+1] - p[j]
+        step = np.linalg.norm(d, axis=1)
+        turn, turn_ok = _angles_deg(d[:-1], d[1:])  # (N-2,)
+        z = c2w[:, :3, 2]
+        view, view_ok = _angles_deg(z[:-1], z[1:])  # (N-1,)
+        distance = _range_means(step, np.ones_like(step, bool), starts, ends) * fps
+        return np.stack(
+            [
+                distance,
+                _range_means(turn, turn_ok, starts, ends - 1),
+                _range_means(view, view_ok, starts, ends),
+            ],
+            axis=1,
+        )
 
 
 def segment_speeds(c2w: np.ndarray, start: int, end: int, fps: float) -> tuple[float, float, float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable
@@ -53,8 +54,25 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+def finite_json(obj: object) -> object:
+    """``obj`` with every NaN/Infinity float replaced by None.
+
+    Python writes those as ``NaN``/``Infinity``, which is not JSON: strict parsers (browsers,
+    jq, other languages) refuse the whole file. One odd value must not do that to a report.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: str | Path, obj: object) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+    """Write ``obj`` as strict JSON (non-finite numbers become null), atomically."""
+    text = json.dumps(finite_json(obj), indent=2, sort_keys=True, default=str, allow_nan=False)
+    atomic_write_bytes(path, text.encode())
 
 
 def write_table(

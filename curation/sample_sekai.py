@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from numpy.lib import format as npy_format
 from scipy.spatial.transform import Rotation
 
 from curation.manifest import atomic_write_bytes, write_table
@@ -181,8 +184,8 @@ def write_sample_release(
             {"clip_id": clip_id, "keys": clip.keys, "mouse": clip.mouse, "resets": clip.resets}
         )
     expected_bad = _write_corrupt(out, rows) if corrupt else {}
-    csv = pd.DataFrame(rows).to_csv(index=False).encode()
-    atomic_write_bytes(out / "sekai.csv", csv)
+    csv = pd.DataFrame(rows).to_csv(index=False) + (_RAGGED_ROW if corrupt else "")
+    atomic_write_bytes(out / "sekai.csv", csv.encode())
     gt = pa.table(
         {
             "clip_id": [t["clip_id"] for t in truth],
@@ -199,12 +202,39 @@ def write_sample_release(
         "video": video,
         "expected_rejects": expected_bad,
     }
-    atomic_write_bytes(out / "sample_info.json", json.dumps(info, indent=2).encode())
+    atomic_write_bytes(
+        out / "sample_info.json", json.dumps(info, indent=2, allow_nan=False).encode()
+    )
     return info
 
 
+# A CSV line with fewer fields than the header (pandas would quietly pad it).
+_RAGGED_ROW = "badragged_0000000_0000060.mp4,a row with two fields\n"
+
+
+def _huge_header_npy() -> bytes:
+    """A .npy whose header declares 128 GB of poses, followed by a few bytes."""
+    buf = io.BytesIO()
+    header = {"descr": "<f8", "fortran_order": False, "shape": (10**9, 4, 4)}
+    npy_format.write_array_header_1_0(buf, header)
+    return buf.getvalue() + bytes(64)
+
+
+def _zip_bytes(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
 def _write_corrupt(out: Path, rows: list[dict]) -> dict[str, int]:
-    """One bad input of each kind, plus a duplicate CSV row; returns {reason: count}."""
+    """One bad input of each kind; returns {reason: count}.
+
+    Besides the bad trajectories (with CSV rows naming them): a repeated CSV row, a second
+    copy of a clip's npz in another folder, an empty CSV, and (appended by the caller) a
+    ragged CSV line.
+    """
     good = np.tile(np.eye(4, dtype=np.float32), (60, 1, 1))
     good[:, 2, 3] = np.arange(60) * 2e-3
     bad: dict[str, bytes | None] = {}
@@ -219,6 +249,15 @@ def _write_corrupt(out: Path, rows: list[dict]) -> dict[str, int]:
     bad["badtrunc_0000000_0000060"] = _npz_bytes(extrinsic=good)[:100]
     bad["badpickle_0000000_0000060"] = _npz_bytes(extrinsic=np.array([{"a": 1}], dtype=object))
     bad["badmissing_0000000_0000060"] = None  # CSV row whose npz does not exist
+    bad["badhuge_0000000_0000060"] = _zip_bytes({"extrinsic.npy": _huge_header_npy()})
+    zeros = io.BytesIO()
+    np.save(zeros, np.zeros((2**16, 4, 4)))  # 8 MiB of zeros deflate to ~8 KB
+    bad["badbomb_0000000_0000060"] = _zip_bytes({"extrinsic.npy": zeros.getvalue()})
+    bad["badmember_0000000_0000060"] = _zip_bytes({"extrinsic.npy": b"not numpy data"})
+    bad["badintrinsic_0000000_0000060"] = _npz_bytes(extrinsic=good, intrinsic=np.full((3, 3), "f"))
+    far = good.astype(np.float64)
+    far[:, 2, 3] = np.where(np.arange(60) % 2, 1.5e308, -1.5e308)  # steps overflow to inf
+    bad["badfar_0000000_0000060"] = _npz_bytes(extrinsic=far)
     reasons = {
         "badnan_0000000_0000060": "non_finite",
         "badrigid_0000000_0000060": "not_rigid",
@@ -228,6 +267,11 @@ def _write_corrupt(out: Path, rows: list[dict]) -> dict[str, int]:
         "badpickle_0000000_0000060": "needs_pickle",
         "badmissing_0000000_0000060": "missing_trajectory",
         "not-a-clip-name.mp4": "bad_video_file_name",
+        "badhuge_0000000_0000060": "too_large",
+        "badbomb_0000000_0000060": "zip_bomb",
+        "badmember_0000000_0000060": "corrupt_file",
+        "badintrinsic_0000000_0000060": "bad_intrinsic",
+        "badfar_0000000_0000060": "non_finite_values",
     }
     for clip_id, data in bad.items():
         if data is not None:
@@ -235,6 +279,10 @@ def _write_corrupt(out: Path, rows: list[dict]) -> dict[str, int]:
         rows.append({"videoFile": f"{clip_id}.mp4", "caption": "corrupt sample"})
     rows.append({"videoFile": "not-a-clip-name.mp4", "caption": "unparseable name"})
     rows.append(dict(rows[0]))  # the same clip listed twice
-    counts = {r: 1 for r in reasons.values()}
-    counts["duplicate_key"] = 1
-    return counts
+    first = rows[0]["videoFile"][: -len(".mp4")]
+    copy = (out / "trajectories" / f"{first}.npz").read_bytes()
+    atomic_write_bytes(out / "copies" / f"{first}.npz", copy)  # same clip id, other folder
+    atomic_write_bytes(out / "empty.csv", b"")
+    counts = Counter(reasons.values())
+    counts.update(["duplicate_key", "duplicate_clip_id", "bad_csv", "bad_csv_row"])
+    return dict(counts)

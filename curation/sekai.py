@@ -10,11 +10,11 @@ Anything that cannot become an item becomes a rejects row instead.
 
 from __future__ import annotations
 
+import csv
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
-
-import pandas as pd
 
 from curation.manifest import reject_row
 from curation.yume_layout import parse_segment_txt
@@ -62,29 +62,83 @@ def _clip_fields(name: str) -> dict:
     return {"youtube_id": yt, "clip_start_frame": start, "clip_end_frame": end}
 
 
+def _read_csv(csv_path: Path, rejects: list[dict]) -> Iterator[tuple[str, list[str], dict]]:
+    """Rows of one annotation CSV as (``path:line``, header, {column: text}).
+
+    Read with the csv module rather than pandas so that one ragged row (more or fewer
+    fields than the header) is a ``bad_csv_row`` reject instead of losing the whole file;
+    a file that cannot be read at all is one ``bad_csv`` reject.
+    """
+    try:
+        with open(csv_path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if not header or not any(h.strip() for h in header):
+                rejects.append(reject_row("actions", str(csv_path), "bad_csv", "CSV is empty"))
+                return
+            line = reader.line_num + 1
+            for record in reader:
+                where, line = f"{csv_path}:{line}", reader.line_num + 1
+                if not record:  # a blank line
+                    continue
+                if len(record) != len(header):
+                    rejects.append(
+                        reject_row(
+                            "actions",
+                            where,
+                            "bad_csv_row",
+                            f"line has {len(record)} fields, the header has {len(header)}",
+                        )
+                    )
+                    continue
+                row: dict[str, str] = {}
+                for name, value in zip(header, record, strict=True):
+                    row.setdefault(name, value)  # a repeated column name: the first counts
+                yield where, header, row
+    except (csv.Error, UnicodeDecodeError, OSError) as e:
+        rejects.append(
+            reject_row("actions", str(csv_path), "bad_csv", f"cannot read CSV: {e}; rest skipped")
+        )
+
+
+def _trajectories_by_stem(
+    root: Path, suffixes: tuple[str, ...], rejects: list[dict]
+) -> dict[str, Path]:
+    """Trajectory files by clip id (file stem); a second file with a known stem is a reject.
+
+    The stem is the join key to the CSV row and to ``<id>.mp4``: renaming one copy would
+    invent a clip id no video or caption has, and which copy is right cannot be known.
+    """
+    found: dict[str, Path] = {}
+    for p in sorted(root.rglob("*")):
+        if p.suffix not in suffixes:
+            continue
+        if p.stem in found:
+            rejects.append(
+                reject_row(
+                    "actions",
+                    str(p),
+                    "duplicate_clip_id",
+                    f"clip id {p.stem!r} is both {found[p.stem]} and {p}; the first is kept",
+                )
+            )
+            continue
+        found[p.stem] = p
+    return found
+
+
 def discover_sekai(root: str | Path) -> tuple[list[dict], list[dict]]:
     """Items and rejects for a Sekai release folder (CSV rows joined to npz by file stem)."""
     root = Path(root)
-    npz = {}
-    for p in sorted(root.rglob("*.npz")):
-        npz.setdefault(p.stem, p)
     items: list[dict] = []
     rejects: list[dict] = []
+    npz = _trajectories_by_stem(root, (".npz",), rejects)
     referenced: set[str] = set()
-    for csv in sorted(root.rglob("*.csv")):
-        try:
-            df = pd.read_csv(csv, dtype=str, keep_default_na=False)
-        except (pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
-            rejects.append(reject_row("actions", str(csv), "bad_csv", f"cannot parse CSV: {e}"))
-            continue
-        if df.shape[1] == 0:
-            rejects.append(reject_row("actions", str(csv), "bad_csv", "CSV has no columns"))
-            continue
-        first = df.columns[0]
-        others = [c for c in df.columns[1:] if c not in CSV_COLUMNS]
-        for row_no, row in enumerate(df.to_dict("records"), start=2):
-            where = f"{csv}:{row_no}"
-            video_file = str(row[first]).strip()
+    for csv_path in sorted(root.rglob("*.csv")):
+        for where, header, row in _read_csv(csv_path, rejects):
+            first = header[0]
+            others = [c for c in header[1:] if c not in CSV_COLUMNS]
+            video_file = row[first].strip()
             try:
                 yt, start, end = parse_clip_name(video_file)
             except ValueError as e:
@@ -139,7 +193,13 @@ def discover_segments(root: str | Path) -> tuple[list[dict], list[dict]]:
     ):
         for npy in sorted(folder.glob("*.npy")):
             txt = npy.with_suffix(".txt")
-            label = parse_segment_txt(txt.read_text(encoding="utf-8")) if txt.exists() else {}
+            try:
+                label = parse_segment_txt(txt.read_text(encoding="utf-8")) if txt.exists() else {}
+            except (UnicodeDecodeError, OSError) as e:
+                rejects.append(
+                    reject_row("actions", str(npy), "bad_label_file", f"cannot read {txt}: {e}")
+                )
+                continue
             keys, mouse = label.get("Keys"), label.get("Mouse")
             if keys not in KEYS or mouse not in MOUSE:
                 rejects.append(

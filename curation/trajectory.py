@@ -1,56 +1,149 @@
-"""Loading and validating camera trajectories safely (never with pickle)."""
+"""Loading and validating camera trajectories safely (never with pickle).
+
+Sizes are checked before anything is allocated: the ``.npy`` header's declared shape, and in
+an ``.npz`` each member's declared size and compression ratio, are compared against a limit
+and against the bytes really there, so a hostile header or a zip bomb is a rejects row, not
+a ``MemoryError`` (or the kernel's OOM killer) ending the worker.
+"""
 
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path
+from typing import IO
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 from curation.stages.base import Reject
 
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"  # .npz is a zip archive
+DEFAULT_MAX_BYTES = 512 * 2**20
+# Deflate peaks near 1032:1; real pose arrays compress far less. Above this (and past a few
+# MiB, so tiny constant arrays pass) a member is treated as a zip bomb.
+MAX_COMPRESS_RATIO = 200
+_RATIO_FLOOR = 4 * 2**20
+# What reading a malformed .npy/.npz may raise (zip, zlib, numpy header parsing, files).
+_READ_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    KeyError,
+    ValueError,
+    NotImplementedError,  # an unsupported zip compression method
+    RuntimeError,  # an encrypted zip member
+)
 
 
 class TrajectoryError(Reject):
     """A trajectory file that cannot be used; ``reason`` is the rejects-table code."""
 
 
-def load_trajectory(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+def _read_npy(f: IO[bytes], available: int, max_bytes: int, what: str) -> np.ndarray:
+    """One ``.npy`` stream, after checking its header's declared size (no pickle)."""
+    version = npy_format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = npy_format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran, dtype = npy_format.read_array_header_2_0(f)
+    else:
+        raise TrajectoryError("corrupt_file", f"{what}: unsupported .npy version {version}")
+    if dtype.hasobject:
+        raise TrajectoryError("needs_pickle", f"{what}: array needs pickle to load; refused")
+    if any(d < 0 for d in shape):
+        raise TrajectoryError("corrupt_file", f"{what}: header declares shape {shape}")
+    # itemsize 0 (e.g. "S0") must not let a shape of 10**18 elements through
+    declared = int(np.prod(shape, dtype=object)) * max(dtype.itemsize, 1)
+    if declared > max_bytes:
+        raise TrajectoryError(
+            "too_large",
+            f"{what}: header declares shape {shape} of {dtype} = {declared} bytes, "
+            f"above the limit of {max_bytes} (max_trajectory_bytes)",
+        )
+    left = available - f.tell()
+    if declared > left:
+        raise TrajectoryError(
+            "corrupt_file", f"{what}: header declares {declared} bytes, only {left} follow"
+        )
+    arr = np.empty(shape[::-1] if fortran else shape, dtype=dtype)
+    raw, got = arr.reshape(-1).view(np.uint8), 0
+    while got < raw.size:
+        n = f.readinto(raw[got:])
+        if not n:
+            raise TrajectoryError("corrupt_file", f"{what}: truncated ({got} of {raw.size} B)")
+        got += n
+    return arr.T if fortran else arr
+
+
+def _member_name(name: str) -> str:
+    return name[:-4] if name.endswith(".npy") else name
+
+
+def _read_npz(path: Path, max_bytes: int) -> tuple[np.ndarray, np.ndarray | None]:
+    with zipfile.ZipFile(path) as zf:
+        members = {_member_name(i.filename): i for i in zf.infolist() if not i.is_dir()}
+        if "extrinsic" not in members:
+            raise TrajectoryError(
+                "missing_array", f"npz has no 'extrinsic' array (has {sorted(members)[:10]})"
+            )
+        wanted = [members[k] for k in ("extrinsic", "intrinsic") if k in members]
+        total = sum(i.file_size for i in wanted)
+        if total > max_bytes:
+            raise TrajectoryError(
+                "too_large",
+                f"npz members decompress to {total} bytes, above the limit of {max_bytes} "
+                "(max_trajectory_bytes)",
+            )
+        for i in wanted:
+            ratio = i.file_size / max(i.compress_size, 1)
+            if i.file_size > _RATIO_FLOOR and ratio > MAX_COMPRESS_RATIO:
+                raise TrajectoryError(
+                    "zip_bomb",
+                    f"npz member {i.filename} expands {ratio:.0f}x "
+                    f"({i.compress_size} -> {i.file_size} bytes)",
+                )
+        arrays = {}
+        for i in wanted:
+            with zf.open(i) as f:  # zipfile never yields more than the declared file_size
+                arrays[_member_name(i.filename)] = _read_npy(
+                    f, i.file_size, max_bytes, f"npz member {i.filename}"
+                )
+    return arrays["extrinsic"], arrays.get("intrinsic")
+
+
+def load_trajectory(
+    path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Read (extrinsic (N,4,4) camera-to-world, intrinsic (3,3) or None) from .npz or .npy.
 
     Sekai ships ``.npz`` with ``extrinsic`` and ``intrinsic``; Yume segments and bare
-    trajectories are ``.npy`` arrays (N,4,4). Object arrays are refused (no pickle).
+    trajectories are ``.npy`` arrays (N,4,4). Object arrays are refused (no pickle), and so
+    is anything whose declared size is above ``max_bytes``.
     """
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
+        size = path.stat().st_size
+        if size == 0:
             raise TrajectoryError("empty_file", f"{path.name} has zero bytes")
+        if size > max_bytes:  # also bounds an npz's central directory, read whole on open
+            raise TrajectoryError(
+                "too_large", f"{path.name} is {size} bytes, above the limit of {max_bytes}"
+            )
         with open(path, "rb") as f:
             magic = f.read(6)
-        if magic[:4] != _ZIP_MAGIC and magic != _NPY_MAGIC:
+            if magic == _NPY_MAGIC:
+                f.seek(0)
+                return _read_npy(f, size, max_bytes, path.name), None
+        if magic[:4] != _ZIP_MAGIC:
             raise TrajectoryError("corrupt_file", f"{path.name} is neither .npy nor .npz data")
-        data = np.load(path, allow_pickle=False)
-        if isinstance(data, np.lib.npyio.NpzFile):
-            with data:
-                if "extrinsic" not in data.files:
-                    raise TrajectoryError(
-                        "missing_array", f"npz has no 'extrinsic' array (has {data.files})"
-                    )
-                extrinsic = data["extrinsic"]
-                intrinsic = data["intrinsic"] if "intrinsic" in data.files else None
-        else:
-            extrinsic, intrinsic = data, None
+        return _read_npz(path, max_bytes)
     except TrajectoryError:
         raise
-    except ValueError as e:
-        if "pickle" in str(e):
-            raise TrajectoryError("needs_pickle", "array needs pickle to load; refused") from e
-        raise TrajectoryError("corrupt_file", f"cannot parse: {e}") from e
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as e:
+    except _READ_ERRORS as e:
         raise TrajectoryError("corrupt_file", f"cannot read: {type(e).__name__}: {e}") from e
-    return extrinsic, intrinsic
 
 
 def check_shape(
@@ -64,8 +157,15 @@ def check_shape(
     n = extrinsic.shape[0]
     if n < min_frames:
         raise TrajectoryError("too_short", f"{n} frames, need at least {min_frames}")
-    if intrinsic is not None and (intrinsic.shape != (3, 3) or not np.isfinite(intrinsic).all()):
-        raise TrajectoryError("bad_intrinsic", f"intrinsic shape {intrinsic.shape} or non-finite")
+    if intrinsic is not None and (
+        intrinsic.dtype.kind not in "fiu"
+        or intrinsic.shape != (3, 3)
+        or not np.isfinite(intrinsic).all()
+    ):
+        raise TrajectoryError(
+            "bad_intrinsic",
+            f"intrinsic {intrinsic.dtype} {intrinsic.shape}: want finite numbers, shape (3, 3)",
+        )
     return extrinsic.astype(np.float64, copy=False)
 
 

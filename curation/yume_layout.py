@@ -38,12 +38,39 @@ def segment_txt(start: int, end: int, keys: str, mouse: str) -> str:
     )
 
 
+NAME_MAX = 255  # bytes in one file name on Linux file systems
+
+
+def _stem(clip_id: str, start: int, end: int) -> str:
+    return f"{clip_id}_frames_{start:05d}-{end:05d}"
+
+
+def export_name_problem(clip_id: str, num_frames: int) -> tuple[str, str] | None:
+    """(reason, detail) if a clip's segments cannot be file names under ``--export-yume``.
+
+    Checked before any segment is written, with the longest frame numbers the clip can
+    have and the temporary name ``atomic_write_bytes`` uses, so export never fails midway.
+    """
+    if "/" in clip_id or "\0" in clip_id or clip_id in ("", ".", ".."):
+        return "bad_clip_id", f"clip id {clip_id[:80]!r} cannot be a file name"
+    last = max(num_frames - 1, 0)
+    longest = f".{_stem(clip_id, last, last)}.npy.12345678.tmp"
+    size = len(longest.encode("utf-8", "surrogateescape"))
+    if size > NAME_MAX:
+        return (
+            "clip_id_too_long",
+            f"clip id of {len(clip_id.encode('utf-8', 'surrogateescape'))} bytes makes "
+            f"export file names of {size} bytes (limit {NAME_MAX})",
+        )
+    return None
+
+
 def export_segment(
     out: Path, clip_id: str, c2w: np.ndarray, start: int, end: int, keys: str, mouse: str
 ) -> Path:
     """Write one segment in Yume's layout (``.npy`` slice + ``.txt`` label), atomically."""
     folder = out / segment_folder(keys, mouse)
-    stem = f"{clip_id}_frames_{start:05d}-{end:05d}"
+    stem = _stem(clip_id, start, end)
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(c2w[start : end + 1], dtype=np.float32))
     atomic_write_bytes(folder / f"{stem}.npy", buf.getvalue())

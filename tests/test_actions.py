@@ -56,10 +56,11 @@ def test_stage_accounts_for_every_input_and_recovers_ground_truth(ray_local, rel
     assert summary["accounted"] and summary["inputs"] == summary["accepted"] + summary["rejected"]
     assert summary["accepted"] == 6 and summary["exit_code"] == 3
     assert summary["rejects_by_reason"] == info["expected_rejects"]
-    # 6 good + 6 bad trajectories are processed; 3 inputs are rejected while discovering them
-    # (a missing npz, an unparseable file name, a repeated CSV row).
-    assert summary["this_run"]["processed"] == 12 and summary["runs"] == [1]
-    assert summary["inputs"] == 15 == summary["this_run"]["found"]
+    # 6 good + 11 bad trajectories are processed; 6 inputs are rejected while discovering them
+    # (a missing npz, an unparseable file name, a repeated CSV row, a second npz with a known
+    # clip id, an empty CSV, a ragged CSV row).
+    assert summary["this_run"]["processed"] == 17 and summary["runs"] == [1]
+    assert summary["inputs"] == 23 == summary["this_run"]["found"]
     rejects = pq.read_table(tmp_path / "manifests" / "actions.rejects.parquet").to_pylist()
     assert all(r["detail"] and r["key"] and r["stage"] == "actions" for r in rejects)
     # The repeated CSV row is named as a repeat of its input, not silently dropped.
@@ -100,7 +101,7 @@ def test_stage_accounts_for_every_input_and_recovers_ground_truth(ray_local, rel
     # A rerun processes nothing and changes nothing.
     before = tables(tmp_path)
     again = actions(tmp_path, batch_size=4, sekai=[sekai])
-    assert again["this_run"]["processed"] == 0 and again["this_run"]["skipped_done"] == 12
+    assert again["this_run"]["processed"] == 0 and again["this_run"]["skipped_done"] == 17
     assert (again["inputs"], again["accepted"], again["rejected"]) == (
         summary["inputs"],
         summary["accepted"],

@@ -12,6 +12,7 @@ are sliced away.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from curation.actions import (
     segment_speeds_batch,
 )
 from curation.config import option
+from curation.manifest import reject_row
 from curation.reports import heatmap, histogram, save_figure
 from curation.sekai import discover_segments, discover_sekai, discover_trajectories
 from curation.stages.base import Outcome, Resources, Result, Stage, unexpected
@@ -42,7 +44,7 @@ from curation.trajectory import (
     load_trajectory,
     validate_trajectory,
 )
-from curation.yume_layout import export_segment
+from curation.yume_layout import export_name_problem, export_segment
 from schemas.actions import CLIPS_SCHEMA, CSV_COLUMNS, KEYS, MOUSE, SEGMENTS_SCHEMA
 
 
@@ -82,6 +84,11 @@ class ActionsConfig:
     fps: float = option(30.0, "Trajectory frame rate (Sekai: 30).")
     min_frames: int = option(33, "Shortest segment kept, in frames.")
     max_frames: int = option(0, "Split runs longer than this many frames (0: never).")
+    max_trajectory_bytes: int = option(
+        512 * 2**20,
+        "Refuse a trajectory file, or an array in it, of more bytes than this (checked "
+        "before reading: a hostile .npy header or a zip bomb is a reject, not out-of-memory).",
+    )
     export_yume: Path | None = option(
         None,
         "Also write segments in Yume's Keys_X_Mouse_Y/<id>.npy+.txt layout here.",
@@ -92,6 +99,9 @@ class ActionsConfig:
     def __post_init__(self) -> None:
         if self.stride < 1 or self.min_frames < 2 or self.max_frames < 0 or self.fps <= 0:
             raise ValueError("stride >= 1, min_frames >= 2, max_frames >= 0 and fps > 0")
+        limits = (self.fps, self.translation_threshold, self.rotation_threshold)
+        if not all(math.isfinite(v) for v in limits) or self.max_trajectory_bytes < 1:
+            raise ValueError("fps and thresholds must be finite, max_trajectory_bytes >= 1")
 
     @property
     def label(self) -> LabelConfig:
@@ -146,7 +156,11 @@ class ActionsStage(Stage[ActionsConfig]):
             for folder in folders:
                 if not Path(folder).is_dir():
                     raise FileNotFoundError(f"input folder {folder} does not exist")
-                found, bad = finder(folder)
+                try:
+                    found, bad = finder(folder)
+                except Exception as e:  # a finder's bug must not hide the other folders
+                    found = []
+                    bad = [reject_row("actions", str(folder), "unexpected_error", repr(e)[:300])]
                 for it in found:
                     yield {**it, "key": it["clip_id"], "input": it["path"]}
                 for r in bad:
@@ -163,7 +177,7 @@ class ActionsStage(Stage[ActionsConfig]):
         loaded: list[tuple[dict, np.ndarray]] = []
         for it in batch:
             try:
-                extrinsic, intrinsic = load_trajectory(it["path"])
+                extrinsic, intrinsic = load_trajectory(it["path"], cfg.max_trajectory_bytes)
                 c2w = check_shape(extrinsic, intrinsic, min_frames=max(cfg.min_frames, s + 1))
             except TrajectoryError as e:
                 outcomes[it["key"]] = Outcome.rejected(it, e.reason, e.detail)
@@ -180,9 +194,10 @@ class ActionsStage(Stage[ActionsConfig]):
         if loaded:
             # One pass over every frame of the batch; per-file work below is slicing only.
             big = np.concatenate([c for _, c in loaded])  # (sum N, 4, 4)
-            t_rel, r_rel = relative_motion(big, s)
-            keys_all, mouse_all = codes_from_motion(t_rel, r_rel, label)
-            off_identity, step, angle = reset_features(big, t_rel, r_rel)
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow: rejected below
+                t_rel, r_rel = relative_motion(big, s)
+                keys_all, mouse_all = codes_from_motion(t_rel, r_rel, label)
+                off_identity, step, angle = reset_features(big, t_rel, r_rel)
             per_file = []
             offset = 0
             for it, c2w in loaded:
@@ -203,10 +218,20 @@ class ActionsStage(Stage[ActionsConfig]):
                 offset += len(c2w)
             starts = np.array([o + g.start for _, _, o, _, _, segs in per_file for g in segs], int)
             ends = np.array([o + g.end for _, _, o, _, _, segs in per_file for g in segs], int)
-            speeds = iter(segment_speeds_batch(big, starts, ends, cfg.fps).tolist())
+            speeds = segment_speeds_batch(big, starts, ends, cfg.fps)  # each segment on its own
+            motion_ok = np.isfinite(t_rel).all(axis=1) & np.isfinite(r_rel).all(axis=(1, 2))
+            first = 0
             for it, c2w, _, pairs, resets, segments in per_file:
+                clip_speeds = speeds[first : first + len(segments)]
+                first += len(segments)
+                problem = self._clip_problem(it, c2w, motion_ok[pairs], clip_speeds)
+                if problem:
+                    outcomes[it["key"]] = Outcome.rejected(it, *problem)
+                    continue
                 for i, seg in enumerate(segments):
-                    seg_rows.append(self._segment_row(it["clip_id"], i, seg, tuple(next(speeds))))
+                    seg_rows.append(
+                        self._segment_row(it["clip_id"], i, seg, tuple(clip_speeds[i].tolist()))
+                    )
                     if cfg.export_yume:
                         export_segment(
                             cfg.export_yume,
@@ -239,6 +264,30 @@ class ActionsStage(Stage[ActionsConfig]):
                 "action_clips": clips,
             },
         )
+
+    def _clip_problem(
+        self, it: dict, c2w: np.ndarray, motion_ok: np.ndarray, speeds: np.ndarray
+    ) -> tuple[str, str] | None:
+        """Why a loaded clip cannot be written (reason, detail), or None.
+
+        Poses can be finite and rigid yet so large that their differences overflow, or their
+        speeds overflow the tables' float32; such a clip would put ``inf``/``NaN`` into speeds
+        and texts, so it is refused instead.
+        """
+        if not motion_ok.all():
+            i = int(np.flatnonzero(~motion_ok)[0])
+            return "non_finite_values", f"relative motion overflows at frame pair {i}"
+        with np.errstate(over="ignore"):
+            stored = np.isfinite(speeds.astype(np.float32)).all(axis=1)  # the tables' type
+        if not stored.all():
+            i = int(np.flatnonzero(~stored)[0])
+            return (
+                "non_finite_values",
+                f"speeds of segment {i} are {speeds[i].tolist()}: not finite as float32",
+            )
+        if self.config.export_yume:
+            return export_name_problem(it["clip_id"], len(c2w))
+        return None
 
     @staticmethod
     def _drop_bad_poses(
