@@ -8,7 +8,7 @@ DATA    ?= ./data
 SEKAI   ?=
 CLIPS   ?= 8
 
-.PHONY: setup demo test test-all test-slow lint bench vbench-env sekai-actions sample-sekai clips train-base encode-latents shards-verify distill sample clean
+.PHONY: setup demo test test-all test-slow lint bench vbench-env mutants sekai-actions sample-sekai clips train-base encode-latents shards-verify distill sample clean
 
 setup: $(STAMP)
 
@@ -64,6 +64,11 @@ lint: setup
 VBENCH_VENV := .venv-vbench
 vbench-env: setup
 	$(BIN)/python -m model.backends.vbench_env $(VBENCH_VENV)
+
+# Plant each kept one-line bug (tests/mutants/mutations.py) in a copy of the repository and run
+# its tests; fails if a mutant survives that is not listed as equivalent (15-40 min on 2 cores).
+mutants: setup
+	$(BIN)/python -m tests.mutants.run
 
 bench: setup
 	$(BIN)/python -m tests.bench.run_all
