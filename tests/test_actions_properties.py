@@ -206,3 +206,28 @@ def test_stride_scales_thresholds():
     slow = constant_motion(60, (0, 0, 6e-5), (0, 0, 0))  # below 1e-4 per frame
     assert set(label_frames(slow)[0]) == {"None"}
     assert set(label_frames(slow, LabelConfig(stride=2))[0]) == {"None"}  # 1.2e-4 < 2e-4
+
+
+def _motion_for(keys: str, mouse: str, v: float, r: float) -> np.ndarray:
+    """Constant motion whose label is (keys, mouse), at v per frame and r rad per frame."""
+    fwd = (1 if "W" in keys else 0) - (1 if "S" in keys else 0)
+    side = (1 if "D" in keys else 0) - (1 if "A" in keys else 0)
+    pitch = (1 if "↑" in mouse else 0) - (1 if "↓" in mouse else 0)
+    yaw = (1 if "→" in mouse else 0) - (1 if "←" in mouse else 0)
+    return constant_motion(60, (side * v, 0, fwd * v), (pitch * r, yaw * r, 0))
+
+
+def test_stride_scales_thresholds_on_every_label():
+    """Above the threshold per frame, every label is found at stride 1 and 2; at 0.75x the
+    per-frame threshold nothing is, at either stride (an unscaled threshold at stride 2 would
+    see 1.5x and label it)."""
+    cfg = LabelConfig()
+    t, r = cfg.translation_threshold, cfg.rotation_threshold
+    for keys in KEYS:
+        for mouse in MOUSE:
+            for stride in (1, 2):
+                c = LabelConfig(stride=stride)
+                got = label_frames(_motion_for(keys, mouse, 1.5 * t, 1.5 * r), c)
+                assert (set(got[0]), set(got[1])) == ({keys}, {mouse}), (keys, mouse, stride)
+                quiet = label_frames(_motion_for(keys, mouse, 0.75 * t, 0.75 * r), c)
+                assert (set(quiet[0]), set(quiet[1])) == ({"None"}, {"·"}), (keys, mouse, stride)
