@@ -150,8 +150,9 @@ def test_killed_run_resumes_without_loss_or_duplicates(ray_local, tmp_path):
         "--num-cpus",
         "2",
     ]
+    log = (tmp_path / "killed-run.log").open("w")  # what the run said, shown if it died early
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=log
     )
     status = killed / "manifests" / "actions.parts" / "status"
     deadline = time.monotonic() + 120
@@ -159,9 +160,12 @@ def test_killed_run_resumes_without_loss_or_duplicates(ray_local, tmp_path):
         if len(list(status.glob("part-*.parquet"))) >= 3:
             break
         time.sleep(0.02)
+    exited = proc.poll()  # None: still running when killed, as it should be
     kill_process_tree(proc)  # the driver and the Ray it started
+    log.close()
     done_before = len(list(status.glob("part-*.parquet")))
-    assert 0 < done_before < 100, "the kill should land mid-run"
+    said = (tmp_path / "killed-run.log").read_text()[-3000:]
+    assert 0 < done_before < 100, f"the kill should land mid-run (exit {exited}):\n{said}"
     assert not (killed / "manifests" / "actions.parquet").exists()
 
     resumed = actions(killed, batch_size=4, sekai=[sekai])

@@ -408,12 +408,16 @@ def test_sigkill_and_rerun_loses_and_duplicates_nothing(tmp_path, mp4):
     )
     rng = np.random.default_rng(0)
     for _ in range(3):
-        proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE, text=True
+        )
         target = len(list(shards.glob("*.tar"))) + int(rng.integers(1, 4))
         deadline = time.monotonic() + 60
         while len(list(shards.glob("*.tar"))) < target and proc.poll() is None:
             assert time.monotonic() < deadline
             time.sleep(0.002)
+        if proc.poll() not in (None, 0):  # the writer died on its own: say how
+            pytest.fail(f"writer exited {proc.returncode}: {proc.stderr.read()[-3000:]}")
         time.sleep(float(rng.uniform(0, 0.02)))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
