@@ -49,7 +49,9 @@ def dataset_summaries(root: DataRoot) -> list[dict]:
 
     out = []
     for folder in root.datasets(latents=True):
-        entry = {"dataset": folder.name, "folder": str(folder.relative_to(root.path))}
+        latents = folder.parent == root.latents_dir
+        entry = {"dataset": folder.name, "folder": str(folder.relative_to(root.path)),
+                 "config": f"{folder.name}-latents" if latents else folder.name}  # fmt: skip
         try:
             entry.update(dataset_stats(folder))
         except Exception as e:  # noqa: BLE001 - one damaged folder must not hide the others
@@ -71,7 +73,7 @@ def _front_matter(datasets: list[dict], license_: str) -> str:
     if ok:
         lines.append("configs:")
         for d in ok:
-            lines += [f"- config_name: {d['dataset']}", "  data_files:",
+            lines += [f"- config_name: {d['config']}", "  data_files:",
                       "  - split: train", f"    path: {d['folder']}/*.tar"]  # fmt: skip
     return "\n".join([*lines, "---", ""])
 
@@ -113,14 +115,14 @@ def build_card(root: DataRoot, license_: str = "other") -> str:
         rows = []
         for d in datasets:
             if "error" in d:
-                rows.append([d["dataset"], "damaged", "", "", "", "", d["error"][:120]])
+                rows.append([d["folder"], "damaged", "", "", "", "", d["error"][:120]])
                 continue
             hours = d.get("duration_s", 0) / 3600
             src = ", ".join(f"{k} {v}" for k, v in d.get("source_counts", {}).items())
             tasks = ", ".join(f"{k} {v}" for k, v in d.get("task_counts", {}).items())
-            rows.append([d["dataset"], d.get("count", 0), d.get("shards", 0),
-                         f"{hours:.3f}", d.get("frames", 0), src, tasks])  # fmt: skip
-        lines += _table(["dataset", "samples", "shards", "hours", "frames (output fps)",
+            rows.append([d["folder"], d.get("count", 0), d.get("shards", 0),
+                         f"{hours:.4f}", d.get("frames", 0), src, tasks])  # fmt: skip
+        lines += _table(["folder", "samples", "shards", "hours", "frames (output fps)",
                          "samples per source", "samples per task"], rows)  # fmt: skip
     else:
         lines.append("No shards yet.")

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import typer
 
-from curation.dataroot import DataRootError
+from curation.dataroot import DataRoot, DataRootError
 from curation.screening.csvio import export_batch, import_csvs
 from curation.screening.publish import write_event_shards
 from curation.screening.status import STATES, write_status
 from jobs.command import USER_ERRORS, fail
+from jobs.runner import refresh_card
 
 app = typer.Typer(
     help="Screen event videos: export CSV batches, import decisions, see the status, or "
@@ -85,6 +86,8 @@ def import_(
         shards = write_event_shards(root) if publish else None
     except USER_ERRORS as e:
         fail(str(e))
+    if shards is not None and shards["rebuilt"]:
+        refresh_card(DataRoot.at(root))  # the card lists shards/event
     bad = [r for r in results if r["errors"]]
     for r in results:
         state = f"{len(r['errors'])} errors, nothing recorded" if r["errors"] else (

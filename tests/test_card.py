@@ -76,8 +76,8 @@ def test_card_body_counts_rejects_and_warns_of_tiny_random(root):
     warning = body.index("tiny-random models")
     assert warning < body.index("## Datasets")  # the notice comes before anything else
     assert "1 samples come from tiny-random models (stages: synth_generate)" in body
-    assert "| sekai-real | 5 | 3 |" in body  # samples, shards (of 2)
-    assert "| synthetic | 1 | 1 |" in body
+    assert "| shards/sekai-real | 5 | 3 |" in body  # samples, shards (of 2)
+    assert "| shards/synthetic | 1 | 1 |" in body
     assert "| clips | 7 | 5 | 2 | truncated_video 2 |" in body
     assert "shards_stats" not in body  # not a stage report
     assert "| clips | 0.1.0+gabc | c1 |" in body
@@ -93,7 +93,7 @@ def test_card_names_a_damaged_dataset_and_still_writes(tmp_path, root):
     write_shards([("a", make_sample("a"))], tmp_path / "shards" / "real", "real")
     (tmp_path / "shards" / "real" / INDEX_NAME).write_bytes(b"not parquet")
     text = build_card(DataRoot.at(tmp_path))
-    assert "| real | damaged |" in text
+    assert "| shards/real | damaged |" in text
 
 
 def test_size_category_buckets():
