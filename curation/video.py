@@ -1,7 +1,8 @@
 """Video decoding, frame-rate resampling, resize + centre crop, and H.264 encoding.
 
-Decoding uses decord, encoding PyAV (libx264, yuv420p). The frame-rate mapping lives here
-because the clips stage re-times action tokens with the very same function.
+Decoding, turning upright and scaling use PyAV in YUV (as ffmpeg does; no RGB frames),
+encoding PyAV's libx264 (yuv420p). The frame-rate mapping lives here because the clips stage
+re-times action tokens with the very same indices.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class H264Writer:
         self.width, self.height = width, height
         self.frames = 0
         self._container = av.open(file if not isinstance(file, Path) else str(file), "w", "mp4")
+        self._time_base = 1 / _rate(fps)
         self._stream = self._container.add_stream("libx264", rate=_rate(fps))
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = "yuv420p"
@@ -75,8 +77,12 @@ class H264Writer:
 
     def write_i420(self, frames: np.ndarray) -> None:
         """Encode planar I420 frames (T, H*3/2, W) uint8, as ``to_i420`` makes them."""
-        for i420 in frames:
-            frame = av.VideoFrame.from_ndarray(i420, format="yuv420p")
+        self.write_frames(av.VideoFrame.from_ndarray(i420, format="yuv420p") for i420 in frames)
+
+    def write_frames(self, frames: Iterable[av.VideoFrame]) -> None:
+        """Encode yuv420p frames of the writer's size (a frame may repeat: it is re-stamped)."""
+        for frame in frames:
+            frame.pts, frame.time_base = self.frames, self._time_base
             self._container.mux(self._stream.encode(frame))
             self.frames += 1
 
@@ -195,6 +201,9 @@ def parse_resolution(text: str) -> tuple[int, int]:
 
 # ---- probing and decoding -----------------------------------------------------------------
 
+# A frame interval further than this fraction from the median one makes a video variable-rate.
+VFR_TOLERANCE = 0.1
+
 
 def _looks_like_video(path: Path) -> bool:
     """A container signature (mp4/mov ``ftyp``, Matroska/WebM) at the start of the file."""
@@ -203,10 +212,8 @@ def _looks_like_video(path: Path) -> bool:
     return head[4:8] == b"ftyp" or head[:4] == b"\x1a\x45\xdf\xa3"
 
 
-def _open(path: Path, width: int = -1, height: int = -1, threads: int = 0):
-    """Open ``path`` with decord, turning every failure into a ``VideoError``."""
-    import decord
-
+def _open(path: Path):
+    """Open ``path`` with PyAV, turning every failure into a ``VideoError``."""
     if not path.exists():
         raise VideoError("missing_video", f"{path} does not exist")
     if not path.is_file():
@@ -214,28 +221,88 @@ def _open(path: Path, width: int = -1, height: int = -1, threads: int = 0):
     if path.stat().st_size == 0:
         raise VideoError("empty_video", f"{path} has zero bytes")
     try:
-        return decord.VideoReader(str(path), width=width, height=height, num_threads=threads)
-    except Exception as e:  # decord raises DECORDError, RuntimeError, ...
+        return av.open(str(path))
+    except Exception as e:  # av.error.InvalidDataError, EOFError, ...
         reason = "truncated_video" if _looks_like_video(path) else "not_a_video"
         raise VideoError(reason, f"cannot open {path.name}: {str(e).splitlines()[0]}") from e
+
+
+def timestamp_indices(times: np.ndarray, out_fps: float) -> np.ndarray:
+    """Source frame of every output frame when re-timing frames shown at ``times`` (seconds).
+
+    Output frame ``j`` takes the source frame whose timestamp is nearest ``j / out_fps``
+    (ties go to the later frame), for every ``j / out_fps`` before the last frame's time plus
+    half a median frame interval. For evenly spaced times this is ``resample_indices``.
+    """
+    times = np.asarray(times, np.float64)
+    if times.size == 0:
+        return np.zeros(0, np.int64)
+    step = float(np.median(np.diff(times))) if times.size > 1 else 1.0 / out_fps
+    end = times[-1] + step / 2
+    t = np.arange(int(np.ceil(end * out_fps)) + 1) / out_fps
+    t = t[t < end - 1e-9]
+    after = np.clip(np.searchsorted(times, t, side="left"), 0, times.size - 1)
+    before = np.clip(after - 1, 0, times.size - 1)
+    later = times[after] - t <= t - times[before] + 1e-9
+    return np.where(later, after, before).astype(np.int64)
 
 
 class SourceVideo:
     """A source video opened once, for checking and then decoding it.
 
-    The frame count and fps come from the container, with nothing decoded; ``transcode``
-    then decodes it front to back with the same reader, so each source is opened once and
-    decoded once. One transcode per SourceVideo: the reader is consumed.
+    Probing reads only the packets' timestamps (nothing decoded): the frame count, the fps
+    and whether the frame rate is variable come from them. ``transcode`` then decodes the
+    same container front to back. One transcode per SourceVideo: the container is consumed.
     """
 
     def __init__(self, path: str | Path, threads: int = 0) -> None:
         self.path = Path(path)
-        self.reader = _open(self.path, threads=threads)
-        self.num_frames, self.fps = len(self.reader), float(self.reader.get_avg_fps())
-        if self.num_frames <= 0 or not np.isfinite(self.fps) or self.fps <= 0:
+        self.container = _open(self.path)
+        if not self.container.streams.video:
+            kinds = sorted({s.type for s in self.container.streams}) or ["no"]
+            self.container.close()
+            raise VideoError(
+                "no_video_stream", f"{self.path.name} has {'/'.join(kinds)} streams only"
+            )
+        self.stream = stream = self.container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame and slice threads, thread_count of them
+        stream.codec_context.thread_count = threads
+        self.width, self.height = stream.codec_context.width, stream.codec_context.height
+        sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+        self.sar = Fraction(sar) if sar and sar > 0 else Fraction(1)
+        try:
+            pts = [p.pts for p in self.container.demux(stream) if p.pts is not None]
+            self.container.seek(0)
+        except Exception as e:  # a cut or damaged file fails while demuxing
+            raise VideoError(
+                "truncated_video", f"{self.path.name}: {str(e).splitlines()[0]}"
+            ) from e
+        base = float(stream.time_base or 0)
+        self.pts = sorted(pts)  # display order
+        self.times = (np.asarray(self.pts, np.float64) - min(pts, default=0)) * base
+        self.num_frames = len(pts)
+        rate = stream.average_rate or stream.guessed_rate
+        self.fps = float(rate) if rate else 0.0
+        if self.num_frames <= 0 or not np.isfinite(self.fps) or self.fps <= 0 or base <= 0:
             raise VideoError(
                 "not_a_video", f"{self.path.name}: {self.num_frames} frames at {self.fps} fps"
             )
+        gaps = np.diff(self.times)
+        self.variable_rate = bool(
+            gaps.size and np.abs(gaps - np.median(gaps)).max() > VFR_TOLERANCE * np.median(gaps)
+        )
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """(w, h) as shown: the sample aspect ratio applied (rotation is known only decoding)."""
+        return max(1, round(self.width * self.sar)), self.height
+
+    def source_indices(self, out_fps: float, max_frames: int | None = None) -> np.ndarray:
+        """Source frame of each output frame: by timestamps when the rate is variable."""
+        n = self.num_frames if max_frames is None else min(self.num_frames, max_frames)
+        if self.variable_rate:
+            return timestamp_indices(self.times[:n], out_fps)
+        return resample_indices(n, self.fps, out_fps)
 
 
 # ---- transcoding --------------------------------------------------------------------------
@@ -253,28 +320,73 @@ class Transcoded:
     source_indices: np.ndarray  # source frame of each output frame (see resample_indices)
 
 
-def _decode_chunks(vr, indices: np.ndarray, chunk: int, name: str) -> Iterator[list[np.ndarray]]:
-    """Yield lists of at most ``chunk`` RGB source frames, one per output frame, in order.
+# Display-matrix rotation (degrees counter-clockwise, as PyAV reports it) -> upright filters.
+_UPRIGHT = {0: [], 90: [("transpose", "cclock")], 180: [("hflip", ""), ("vflip", "")],
+            270: [("transpose", "clock")]}  # fmt: skip
 
-    The source is read once, front to back: unused frames are skipped without RGB
-    conversion, and a frame used twice (when up-sampling the frame rate) is decoded once.
+
+def _graph(frame: av.VideoFrame, sar: Fraction, out_w: int, out_h: int) -> av.filter.Graph:
+    """Turn upright, crop the output's aspect from the display size and scale, all in YUV."""
+    rotation = round(frame.rotation / 90) * 90 % 360
+    w, h = (frame.height, frame.width) if rotation in (90, 270) else (frame.width, frame.height)
+    sar = 1 / sar if rotation in (90, 270) else sar  # pixels turn with the picture
+    _, _, cw, ch = crop_box(max(1, round(w * sar)), h, out_w, out_h)
+    cw = min(w, max(1, round(cw / sar)))  # display width -> stored pixels
+    area = cw >= 2 * out_w or ch >= 2 * out_h  # averaging only where linear would alias
+    graph = av.filter.Graph()
+    nodes = [graph.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
+                              time_base=Fraction(1, 1000))]  # fmt: skip
+    steps = [*_UPRIGHT[rotation], ("crop", f"{cw}:{ch}:{(w - cw) // 2}:{(h - ch) // 2}"),
+             ("scale", f"{out_w}:{out_h}:flags={'area' if area else 'bilinear'}"),
+             ("setsar", "1"), ("format", "yuv420p")]  # fmt: skip
+    for name, args in steps:
+        nodes.append(graph.add(name, args))
+    nodes.append(graph.add("buffersink"))
+    graph.link_nodes(*nodes).configure()
+    return graph
+
+
+def _decode_chunks(
+    src: SourceVideo, indices: np.ndarray, size: tuple[int, int], chunk: int
+) -> Iterator[list[av.VideoFrame]]:
+    """Yield lists of at most ``chunk`` output frames (YUV, upright, cropped and scaled).
+
+    The source is decoded once, front to back, unused non-reference frames not at all (the
+    decoder drops them); only the frames used are scaled, a frame used twice (up-sampling
+    the frame rate) once.
     """
-    position, frame, batch = 0, None, []
-    for target in indices:
-        try:
-            if target >= position:
-                if target > position:
-                    vr.skip_frames(int(target - position))
-                frame = vr.next().asnumpy()
-                position = target + 1
-        except Exception as e:  # decord raises DECORDError / StopIteration past a cut
-            raise VideoError(
-                "truncated_video", f"{name}: decoding failed at frame {int(target)}: {e!r}"
-            ) from e
-        batch.append(frame)
-        if len(batch) == chunk:
-            yield batch
-            batch = []
+    out_h, out_w = size
+    uses = np.bincount(indices, minlength=int(indices[-1]) + 1)
+    index = {pts: k for k, pts in enumerate(src.pts)}
+    ctx = src.stream.codec_context
+    graph, batch, last = None, [], -1
+    try:
+        for packet in src.container.demux(src.stream):
+            k = index.get(packet.pts, -1)
+            # An unused frame that no other frame refers to need not be decoded at all.
+            unused = k >= uses.size or (k >= 0 and not uses[k])
+            ctx.skip_frame = "NONREF" if unused else "DEFAULT"
+            for frame in packet.decode():
+                last = k = index.get(frame.pts, last + 1)
+                if k < uses.size and uses[k]:
+                    graph = graph or _graph(frame, src.sar, out_w, out_h)
+                    graph.vpush(frame)
+                    batch += [graph.vpull()] * int(uses[k])
+                    if len(batch) >= chunk:
+                        yield batch
+                        batch = []
+            if last + 1 >= uses.size:  # the last frame used: nothing after it is decoded
+                break
+    except av.error.FFmpegError as e:
+        raise VideoError(
+            "truncated_video", f"{src.path.name}: decoding failed after frame {last}: {e}"
+        ) from e
+    finally:
+        src.container.close()
+    if last + 1 < uses.size:
+        raise VideoError(
+            "truncated_video", f"{src.path.name}: frames end at {last + 1} of {uses.size}"
+        )
     if batch:
         yield batch
 
@@ -282,7 +394,7 @@ def _decode_chunks(vr, indices: np.ndarray, chunk: int, name: str) -> Iterator[l
 def _prefetch(items: Iterator[T]) -> Iterator[T]:
     """Compute ``items`` one step ahead in a background thread.
 
-    Decoding, resizing and encoding all run in C with the GIL released, so a prefetched
+    Decoding, scaling and encoding all run in C with the GIL released, so a prefetched
     stage overlaps with the consumer the way ffmpeg's threaded pipeline does.
     """
     with ThreadPoolExecutor(1) as pool:
@@ -302,33 +414,28 @@ def transcode(
     max_source_frames: int | None = None,
     chunk: int = 16,
 ) -> Transcoded:
-    """Re-time, resize + centre-crop to ``size`` = (height, width), and encode to H.264.
+    """Re-time, turn upright, resize + centre-crop to ``size`` = (height, width), encode H.264.
 
-    The source is decoded once, front to back, ``chunk`` output frames at a time (at most
-    two chunks in memory); decoding and resizing overlap with encoding in threads. Only the
-    first ``max_source_frames`` source frames are used when given. ``threads`` is the
-    decoder's and the encoder's thread count (0: automatic; a given SourceVideo keeps the
-    decoder threads it was opened with). Raises ``VideoError`` for unusable input.
+    Output frame ``j`` takes the source frame nearest ``j / out_fps`` (by the frames'
+    timestamps when the rate is variable). The crop is taken from the display size (sample
+    aspect ratio applied). Decoding and scaling stay in YUV, in a thread overlapping the
+    encoder, ``chunk`` output frames at a time. Only the first ``max_source_frames`` source
+    frames are used when given. ``threads`` is the decoder's and the encoder's thread count
+    (0: automatic; a given SourceVideo keeps its decoder's). Raises ``VideoError`` for
+    unusable input.
     """
     out_h, out_w = size
     if out_h % 2 or out_w % 2:
         raise ValueError(f"yuv420p needs an even size, got {out_h}x{out_w}")
     src = source if isinstance(source, SourceVideo) else SourceVideo(source, threads)
-    n = src.num_frames if max_source_frames is None else min(src.num_frames, max_source_frames)
-    indices = resample_indices(n, src.fps, out_fps)
+    indices = src.source_indices(out_fps, max_source_frames)
     if indices.size == 0:
         raise VideoError("not_a_video", f"{src.path.name}: no frames to use")
-
-    def convert(frames: list[np.ndarray]) -> np.ndarray:  # RGB -> (T, H*3/2, W) I420
-        return np.stack([to_i420(resize_crop(f, out_h, out_w)) for f in frames])
-
-    # Two overlapped stages: decode + resize + colour conversion | encode. (A third thread
-    # for resizing measured slower on a busy 2-core machine.)
-    chunks = _prefetch(map(convert, _decode_chunks(src.reader, indices, chunk, src.path.name)))
+    chunks = _prefetch(_decode_chunks(src, indices, size, chunk))
     buf = io.BytesIO()
     with H264Writer(buf, out_fps, out_w, out_h, crf=crf, preset=preset, threads=threads) as out:
         for frames in chunks:
-            out.write_i420(frames)
+            out.write_frames(frames)
     return Transcoded(
         data=buf.getvalue(),
         frames=len(indices),

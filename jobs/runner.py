@@ -62,6 +62,7 @@ from schemas.common import REJECTS_SCHEMA
 log = logging.getLogger(__name__)
 
 DUPLICATE = "duplicate_key"
+FATAL = "fatal"  # a worker's status row for a FatalError
 
 
 class JobError(RuntimeError):
@@ -146,11 +147,23 @@ def process_batch(stage: Stage, items: list[dict], run: int) -> list[dict]:
     return [{"key": o.key, "status": o.status} for o in result.outcomes]
 
 
-def _task_fn(batch: dict, stage_cls, config, root: str, run: int) -> dict:
+def _status_rows(stage: Stage, payloads, run: int) -> dict:
+    """Status rows of a worker's batches, or one ``fatal`` row holding a FatalError's message.
+
+    The FatalError is returned, not raised: Ray Data would log a raised one with its stack
+    trace before the driver could print its one line.
+    """
     rows = []
-    for payload in batch["payload"]:
-        rows += process_batch(_stage_for(stage_cls, config, root), json.loads(payload), run)
+    try:
+        for payload in payloads:
+            rows += process_batch(stage, json.loads(payload), run)
+    except FatalError as e:
+        return {"key": [str(e)], "status": [FATAL]}
     return {"key": [r["key"] for r in rows], "status": [r["status"] for r in rows]}
+
+
+def _task_fn(batch: dict, stage_cls, config, root: str, run: int) -> dict:
+    return _status_rows(_stage_for(stage_cls, config, root), batch["payload"], run)
 
 
 class _StageActor:
@@ -162,10 +175,7 @@ class _StageActor:
         self.run = run
 
     def __call__(self, batch: dict) -> dict:
-        rows = []
-        for payload in batch["payload"]:
-            rows += process_batch(self.stage, json.loads(payload), self.run)
-        return {"key": [r["key"] for r in rows], "status": [r["status"] for r in rows]}
+        return _status_rows(self.stage, batch["payload"], self.run)
 
 
 def _run_on_ray(stage: Stage, batches: list[list[dict]], opts: RunOptions, run: int) -> None:
@@ -200,27 +210,14 @@ def _run_on_ray(stage: Stage, batches: list[list[dict]], opts: RunOptions, run: 
     live = opts.progress and sys.stderr.isatty()  # no terminal: one line at the end instead
     t0 = time.perf_counter()
     with tqdm(total=total, desc=stage.name, unit="item", disable=not live) as bar:
-        try:
-            for out in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                bar.update(out.num_rows)
-        except Exception as e:
-            fatal = _fatal_cause(e)
-            if fatal is None:
-                raise
-            raise JobError(f"{stage.name}: {fatal}") from None
+        for out in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            status = out.column("status").to_pylist()
+            if FATAL in status:  # a full disk: stop here, finished batches are kept
+                raise JobError(f"{stage.name}: {out.column('key')[status.index(FATAL)].as_py()}")
+            bar.update(out.num_rows)
     if opts.progress and not live:
         print(f"{stage.name}: {total}/{total} items in {time.perf_counter() - t0:.1f} s",
               file=sys.stderr)  # fmt: skip
-
-
-def _fatal_cause(error: BaseException) -> BaseException | None:
-    """The ``FatalError`` a worker raised, inside the exceptions Ray wraps it in."""
-    found, seen = None, set()
-    while error is not None and id(error) not in seen:  # the innermost one is the worker's own
-        seen.add(id(error))
-        found = error if isinstance(error, FatalError) else found
-        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
-    return found
 
 
 # ---- the driver side ----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ where-and-how knobs, not hashed), so a rerun with another config is detected and
 
 from __future__ import annotations
 
+import errno
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -46,6 +47,31 @@ class Reject(Exception):  # noqa: N818 (it is raised for an input, not an error 
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class FatalError(RuntimeError):
+    """No later input could succeed either (the disk is full): the run stops, exit code 1.
+
+    Rejecting every remaining input for it would bury the cause in the rejects table; the
+    runner ends the job with one line instead, and a rerun resumes once space is freed.
+    """
+
+
+# Errors of the output disk, not of an input.
+FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def raise_if_fatal(error: BaseException, item: dict | None = None) -> None:
+    """Re-raise ``error`` as a ``FatalError`` when it ends the run (a full disk or quota)."""
+    if isinstance(error, FatalError):
+        raise error
+    if isinstance(error, OSError) and error.errno in FATAL_ERRNOS:
+        what = error.strerror or errno.errorcode[error.errno]
+        where = f" writing {error.filename}" if error.filename else ""
+        during = f" (processing {item['input']})" if item else ""
+        raise FatalError(
+            f"{what}{where}{during}: free space and rerun, finished inputs are kept"
+        ) from error
 
 
 class StaleConfigError(RuntimeError):
@@ -153,6 +179,7 @@ class Stage(Generic[C]):
                 outcomes.append(Outcome.rejected(item, e.reason, e.detail))
                 continue
             except Exception as e:  # one odd input must not end the job; it is recorded
+                raise_if_fatal(e, item)  # ... but a full disk ends it
                 outcomes.append(unexpected(item, e))
                 continue
             outcomes.append(Outcome.done(item))

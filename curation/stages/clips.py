@@ -1,7 +1,7 @@
 """The clips stage: one Sekai source clip + its action tokens -> one staged training sample.
 
 Inputs: the actions stage's ``manifests/action_clips.parquet`` and ``actions.parquet`` under
-the root, and a folder of source videos. Each clip's video is decoded once (decord),
+the root, and a folder of source videos. Each clip's video is decoded once (PyAV, in YUV),
 re-timed to ``fps``, resized and centre-cropped, encoded as H.264 and staged with its json
 and txt under ``clips/<dataset>/``; ``finalize`` packs the staged samples into
 ``shards/<dataset>/``. Re-timing rules are in ``curation/clips.py``.
@@ -54,6 +54,7 @@ class ClipsConfig:
     frame_tolerance: int = option(
         3, "Accept a trajectory/video frame-count mismatch up to this many frames."
     )
+    min_side: int = option(64, "Reject videos whose shorter side has fewer pixels than this.")
     shards: bool = option(True, "Pack the staged samples into shards at the end.", output=False)
     max_samples: int = option(1000, "Samples per shard at most.", output=False)
     max_bytes: int = option(2**30, "Bytes per shard at most.", output=False)
@@ -65,6 +66,8 @@ class ClipsConfig:
         parse_resolution(self.resolution)
         if self.fps <= 0 or not 0 <= self.crf <= 51 or self.frame_tolerance < 0:
             raise ValueError("fps must be positive, crf in 0..51, frame_tolerance >= 0")
+        if self.min_side < 1:
+            raise ValueError(f"min_side must be at least 1, got {self.min_side}")
 
     @property
     def size(self) -> tuple[int, int]:
@@ -145,6 +148,11 @@ class ClipsStage(Stage[ClipsConfig]):
         cfg = self.config
         path = self.video_path(clip)
         src = SourceVideo(path, threads=cfg.threads)  # opened once: checked, then transcoded
+        if min(src.width, src.height) < cfg.min_side:
+            raise Reject(
+                "video_too_small",
+                f"{path.name} is {src.width}x{src.height}, under --min-side {cfg.min_side}",
+            )
         n_traj = int(clip["num_frames"])
         if abs(src.num_frames - n_traj) > cfg.frame_tolerance:
             longer = "longer" if n_traj > src.num_frames else "shorter"
