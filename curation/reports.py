@@ -39,8 +39,7 @@ def draw_heatmap(
     Zero cells are drawn light grey, apart from the colour scale, so an empty cell never
     reads as a small count; the colour bar is labelled with ``unit`` (what is counted).
     """
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("#e6e6e6")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#e6e6e6")
     im = ax.imshow(np.ma.masked_equal(counts, 0), cmap=cmap)
     ax.set_xticks(range(len(cols)), cols)
     ax.set_yticks(range(len(rows)), rows)

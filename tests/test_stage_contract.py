@@ -91,7 +91,9 @@ class ClipsCase:
         write_table(
             pa.Table.from_pylist(rows, CLIPS_SCHEMA), root.manifest("action_clips"), CLIPS_SCHEMA
         )
-        config = ClipsConfig(videos=release / "videos", resolution="32x64", max_samples=1)
+        config = ClipsConfig(
+            videos=release / "videos", resolution="32x64", max_samples=1, min_side=16
+        )
         return config, {"missing_video": 1, "duplicate_key": 1}
 
     def changed(self, config: ClipsConfig) -> ClipsConfig:
