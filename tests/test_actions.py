@@ -133,6 +133,7 @@ def test_yume_export_round_trips_through_the_segment_reader(ray_local, release, 
     assert all(refs[s["clip_id"]] == (s["keys"], s["mouse"]) for s in again)
 
 
+@pytest.mark.slow  # a real SIGKILL of the job; the contract test kills every stage by default
 def test_killed_run_resumes_without_loss_or_duplicates(ray_local, tmp_path):
     sekai = tmp_path / "sekai"
     write_sample_release(sekai, clips=400, frames=300, seed=7)

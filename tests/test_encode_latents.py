@@ -157,6 +157,7 @@ def test_training_reads_clip_shards_through_the_reader(data_root, tmp_path) -> N
     assert (tmp_path / "run" / "checkpoints" / "step-000002.safetensors").exists()
 
 
+@pytest.mark.slow  # the stage contract test runs the job and its resume by default
 def test_encode_latents_job_on_ray_is_resumable(data_root, tmp_path, ray_local) -> None:
     root = tmp_path / "root"
     shutil.copytree(data_root, root)  # the job writes latents: the shared fixture stays clean

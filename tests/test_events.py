@@ -198,6 +198,7 @@ def test_tiny_wan22_i2v_runs_both_experts_split_at_the_boundary(tmp_path):
 # ---- the stage -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # end to end on Ray; the stage contract test runs the stage by default
 def test_tiny_random_events_frames_fps_metadata_resume_bad_images(
     ray_local, tmp_path, fixtures_dir
 ):

@@ -16,6 +16,7 @@ from curation.stages.parts import STATUS, read_status
 from jobs.runner import JobError, RunOptions, run_stage
 
 
+@pytest.mark.slow  # end to end on Ray; the default run covers the parts
 def test_a_changed_input_is_refused_and_overwrite_redoes_it(ray_local, tmp_path):
     write_sample_release(tmp_path / "sekai", clips=2, frames=120, seed=4)
     cfg = ActionsConfig(sekai=[tmp_path / "sekai"], min_frames=20)

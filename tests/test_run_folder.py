@@ -81,6 +81,7 @@ def test_cli_refuses_a_bad_run_folder_with_one_error_line(tmp_path, command) -> 
         assert "Traceback" not in result.output
 
 
+@pytest.mark.slow  # a real 2-step run; tests/test_training.py runs the loop by default
 def test_run_writes_effective_config_and_summary_counts(tmp_path) -> None:
     out = tmp_path / "run"
     cfg = tiny_cfg(out, steps=2, ckpt_every=2, lr=0.003)

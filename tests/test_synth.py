@@ -65,6 +65,7 @@ def _frames(path: Path) -> np.ndarray:
 # ---- generation --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the stage contract test runs generation and its resume by default
 def test_tiny_random_generation_frames_fps_metadata_resume(ray_local, tmp_path):
     prompts = _prompts(tmp_path / "prompts.csv", [*PROMPTS[:2], ("p9", "")])
     cfg = SynthGenerateConfig(prompts=prompts, **TINY)

@@ -90,6 +90,7 @@ def test_a_wrong_input_path_is_one_line(tmp_path):
     assert out.output.strip() == f"error: input folder {tmp_path / 'nope'} does not exist"
 
 
+@pytest.mark.slow  # end to end on Ray; the default run covers the parts
 def test_a_sekai_folder_without_csv_is_said_and_counted(ray_local, tmp_path):
     from curation.sample_sekai import write_sample_release
     from curation.stages.actions import ActionsConfig, ActionsStage
@@ -106,6 +107,7 @@ def test_a_sekai_folder_without_csv_is_said_and_counted(ray_local, tmp_path):
     assert any("2 of 2 clips have no caption" in n for n in s["notes"])
 
 
+@pytest.mark.slow  # end to end on Ray; the default run covers the parts
 def test_ray_console_noise_is_hidden_and_the_bar_printed_once_without_a_terminal(tmp_path):
     import subprocess
     import sys
