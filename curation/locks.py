@@ -21,8 +21,10 @@ class InUseError(RuntimeError):
 
 
 @contextlib.contextmanager
-def hold(path: str | Path, what: str, hint: str) -> Iterator[None]:
-    """Hold the lock at ``path`` for the block, or raise InUseError at once.
+def hold(
+    path: str | Path, what: str, hint: str, error: type[Exception] = InUseError
+) -> Iterator[None]:
+    """Hold the lock at ``path`` for the block, or raise ``error`` at once.
 
     ``what`` names the locked thing in the message, ``hint`` says what the user can do.
     """
@@ -35,7 +37,7 @@ def hold(path: str | Path, what: str, hint: str) -> Iterator[None]:
         f.seek(0)
         holder = f.read().strip() or "a process that wrote no note"
         f.close()
-        raise InUseError(f"{what} is in use by another run ({holder}); {hint}") from None
+        raise error(f"{what} is in use by another run ({holder}); {hint}") from None
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     f.seek(0)
     f.truncate()

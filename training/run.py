@@ -29,17 +29,13 @@ labels under ``"labels"``.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import random
 import re
 import shutil
-import socket
 import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +44,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from curation import locks
 from curation.manifest import atomic_write_json
 from curation.provenance import code_version
 from training import distributed
@@ -75,34 +72,11 @@ class RunInUseError(RunFolderError):
 # ---- the run lock ----------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def run_lock(out_dir: str | Path) -> Iterator[None]:
-    """Hold ``<out>/.lock`` (``fcntl.flock``) for the block; RunInUseError naming the holder
-    at once when another process holds it. The kernel drops the lock when the process dies,
-    so a killed run never leaves a stale lock (the text in the file is only for the message)."""
-    path = Path(out_dir) / LOCK
-    path.parent.mkdir(parents=True, exist_ok=True)
-    f = path.open("a+")  # not "w": truncating would erase the holder's note before we know
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "a process that wrote no note"
-        f.close()
-        raise RunInUseError(
-            f"{Path(out_dir)} is in use by another run ({holder}); wait for it to end or use "
-            "another --out"
-        ) from None
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()} on host {socket.gethostname()}, started {started}\n")
-    f.flush()
-    try:
-        yield
-    finally:
-        fcntl.flock(f, fcntl.LOCK_UN)
-        f.close()
+def run_lock(out_dir: str | Path) -> contextlib.AbstractContextManager[None]:
+    """Hold ``<out>/.lock`` for the run (curation.locks); RunInUseError naming the holder at
+    once when another process holds it."""
+    hint = "wait for it to end or use another --out"
+    return locks.hold(Path(out_dir) / LOCK, str(Path(out_dir)), hint, RunInUseError)
 
 
 # ---- RNG state -----------------------------------------------------------------------------
