@@ -190,8 +190,8 @@ def segment_runs(
 ) -> list[Segment]:
     """Split per-pair labels into segments of one (keys, mouse) label.
 
-    Pair i covers frames i*stride..(i+1)*stride, so a run of pairs i..j spans frames
-    i*stride..(j+1)*stride. Runs never cross a reset pair, are kept only when they span at
+    Pair i is the motion from frame i to frame i+stride (``relative_motion``), so a run of
+    pairs i..j spans frames i..j+stride. Runs never cross a reset pair, are kept only when they span at
     least ``min_frames`` frames, and runs longer than ``max_frames`` are split evenly.
     """
     n = len(keys)
@@ -210,7 +210,7 @@ def segment_runs(
     for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
         if not valid[a]:
             continue
-        f0, f1 = a * stride, (b + 1) * stride
+        f0, f1 = a, b + stride
         if f1 - f0 + 1 < min_frames:
             continue
         for c0, c1 in _split_even(f0, f1, max_frames):

@@ -6,8 +6,8 @@ action segments re-timed to output frames, so the trainer can take any predictio
 with all the history before it.
 
 Re-timing: output frame ``j`` shows source frame ``i_j`` (``curation.video.resample_indices``,
-nearest frame). Its tokens are the label of trajectory pair ``min(i_j // stride, pairs - 1)``,
-i.e. the motion from frame ``i_j`` to the next one. A segment covering trajectory frames
+nearest frame). Its tokens are the label of trajectory pair ``min(i_j, pairs - 1)``, i.e. the
+motion from frame ``i_j`` to frame ``i_j + stride`` (pairs overlap: there are N - stride). A segment covering trajectory frames
 ``[a, b]`` covers the output frames whose source frame lies in ``[a, b]``; segments shorter
 than two output frames are dropped.
 
@@ -47,14 +47,14 @@ def sample_key(clip_id: str) -> str:
 
 
 def retime_tokens(
-    codes: list[int], vocab: tuple[str, ...], source_indices: np.ndarray, stride: int = 1
+    codes: list[int], vocab: tuple[str, ...], source_indices: np.ndarray
 ) -> list[str]:
     """Token string of every output frame: the label of the pair starting at its source frame."""
     if not len(codes):
         raise Reject("trajectory_too_short", "no frame pairs to take tokens from")
     if max(codes) >= len(vocab):
         raise Reject("bad_tokens", f"token code {max(codes)} outside the {len(vocab)} labels")
-    pair = np.minimum(np.asarray(source_indices) // max(stride, 1), len(codes) - 1)
+    pair = np.minimum(np.asarray(source_indices), len(codes) - 1)
     return [vocab[int(c)] for c in np.asarray(codes)[pair]]
 
 

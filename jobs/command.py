@@ -20,13 +20,14 @@ from curation.config import ConfigError, cli_parameters, cli_values, fields, lay
 from curation.dataroot import DataRootError
 from curation.locks import InUseError
 from curation.shards.read import IndexPathError
+from curation.shards.writer import ShardRewriteError
 from curation.stages.base import Stage, StaleConfigError
 from curation.stages.parts import PartRecordError
 from jobs.runner import JobError, RunOptions, run_stage
 
 USER_ERRORS = (
     StaleConfigError, JobError, DataRootError, FileNotFoundError, NotADirectoryError,
-    PartRecordError, IndexPathError, InUseError,
+    PartRecordError, IndexPathError, InUseError, ShardRewriteError,
 )  # fmt: skip
 
 

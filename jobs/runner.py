@@ -7,9 +7,11 @@ What it does for every stage, so no stage does it itself:
    config (``--overwrite`` starts over);
 2. discovers the inputs, de-duplicates keys (reason ``duplicate_key``), records the rejects
    found while discovering, refuses a known key that now names another input;
-3. skips what is done (``curation/stages/parts.py`` has the one resume rule) and runs the
-   rest as Ray tasks or an actor pool, as the stage's ``resources`` say, with a progress bar;
-   each batch's parts are written by the worker that processed it;
+3. skips what is done (``curation/stages/parts.py`` has the one resume rule), redoes items
+   whose version changed (their input file, upstream rows or CSV row) and, for a stage whose
+   inputs are upstream records, drops keys those no longer hold; runs the rest as Ray tasks
+   or an actor pool, as the stage's ``resources`` say, with a progress bar; each batch's
+   parts are written by the worker that processed it;
 4. writes every table, the rejects table and ``reports/<stage>.json`` with provenance,
    atomically; checks that inputs = accepted + rejected and fails loudly when not;
 5. returns the summary, whose ``exit_code`` is 0 (all accepted), 3 (finished with rejects)
@@ -49,11 +51,12 @@ from curation.stages.base import (
     unexpected,
 )
 from curation.stages.parts import (
-    input_version,
+    item_version,
     part_name,
     read_status,
     read_table_parts,
     remove_uncommitted,
+    stale_batches,
     write_part,
 )
 from jobs.runtime import init_ray
@@ -62,6 +65,7 @@ from schemas.common import REJECTS_SCHEMA
 log = logging.getLogger(__name__)
 
 DUPLICATE = "duplicate_key"
+DROPPED = "dropped"  # status of a key the upstream records no longer hold
 FATAL = "fatal"  # a worker's status row for a FatalError
 
 
@@ -143,6 +147,7 @@ def process_batch(stage: Stage, items: list[dict], run: int) -> list[dict]:
         stage.tables,
         stage.config_hash,
         run,
+        versions={it["key"]: it.get("version") for it in items},
     )
     return [{"key": o.key, "status": o.status} for o in result.outcomes]
 
@@ -229,6 +234,7 @@ def discover(stage: Stage) -> tuple[list[dict], list[Outcome]]:
     for item in stage.discover():
         if not isinstance(item.get("key"), str) or not isinstance(item.get("input"), str):
             raise RuntimeError(f"stage {stage.name!r} discovered an item without key/input")
+        item = {**item, "version": item_version(item, stage.version_fields)}
         inputs[(item["key"], item["input"])] += 1
         if inputs[(item["key"], item["input"])] > 1:  # the very same input listed again
             item = {
@@ -257,13 +263,13 @@ def _check_config(stage: Stage, status: pa.Table) -> None:
         )
 
 
-def _check_inputs(stage: Stage, items: list[dict], status: pa.Table) -> None:
-    """Refuse a key that now names another input, or whose input file changed since it was
-    processed: its outputs may already be packed into shards, which are never rewritten."""
-    rows = [r for r in status.to_pylist() if r["reason"] != DUPLICATE]
+def _check_inputs(stage: Stage, items: list[dict], status: pa.Table) -> set[str]:
+    """Refuse a key that now names another input; return the keys whose version (input file,
+    upstream rows, CSV row) changed since they were processed: they are redone."""
+    rows = [r for r in status.to_pylist() if r["reason"] != DUPLICATE and r["status"] != DROPPED]
     recorded = {r["key"]: r["input"] for r in rows}
-    versions = {r["key"]: r["input_version"] for r in rows if r["status"] == "done"}
-    changed = []
+    versions = {r["key"]: r["input_version"] for r in rows}
+    changed = set()
     for item in items:
         old = recorded.get(item["key"])
         if old is not None and old != item["input"]:
@@ -272,14 +278,24 @@ def _check_inputs(stage: Stage, items: list[dict], status: pa.Table) -> None:
                 f"{item['input']!r}; rerun with --overwrite to start over, or use another --root"
             )
         was = versions.get(item["key"])
-        if was is not None and input_version(item["input"]) not in (None, was):
-            changed.append(item["input"])
-    if changed:
-        raise JobError(
-            f"{stage.name}: {len(changed)} inputs changed since they were processed "
-            f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}); rerun with "
-            "--overwrite to redo the stage on the current inputs"
-        )
+        if was is not None and item["version"] not in (None, was):
+            changed.add(item["key"])
+    return changed
+
+
+def _gone(
+    stage: Stage, items: list[dict], rejected: list[Outcome], status: pa.Table
+) -> list[Outcome]:
+    """Drop outcomes for the keys a stage fed by upstream records no longer finds."""
+    if not stage.drops_missing:
+        return []
+    found = {it["key"] for it in items} | {o.key for o in rejected}
+    return [
+        Outcome(r["key"], r["input"], DROPPED, "upstream_gone",
+                "its upstream record is gone (the upstream stage was rerun)")
+        for r in status.to_pylist()
+        if r["key"] not in found and r["status"] != DROPPED and r["reason"] != DUPLICATE
+    ]  # fmt: skip
 
 
 def clear(stage: Stage) -> None:
@@ -318,12 +334,19 @@ def _run_stage(stage_cls: type[Stage], config, opts: RunOptions, root: DataRoot)
     _check_config(stage, status)
     remove_uncommitted(parts, stage.tables)
     items, rejected = discover(stage)
-    _check_inputs(stage, items, status)
+    changed = _check_inputs(stage, items, status)
+    dropped = _gone(stage, items, rejected, status)
 
     run = 1 + max(status.column("run").to_pylist(), default=0)
     latest = {r["key"]: r["status"] for r in status.to_pylist() if r["reason"] != DUPLICATE}
     redo = {"rejected"} if opts.retry_rejected else set()
-    todo = [it for it in items if latest.get(it["key"], "todo") in {"todo"} | redo]
+    # a changed or dropped key's batch-mates are redone with it (see curation/stages/parts.py)
+    stale = stale_batches(status, changed | {o.key for o in dropped}) - {o.key for o in dropped}
+    todo = [
+        it
+        for it in items
+        if latest.get(it["key"], "todo") in {"todo", DROPPED} | redo or it["key"] in stale
+    ]
     if opts.limit is not None:
         todo = todo[: max(opts.limit, 0)]
         items = [it for it in items if it["key"] in latest or it in todo]
@@ -333,13 +356,18 @@ def _run_stage(stage_cls: type[Stage], config, opts: RunOptions, root: DataRoot)
             "dry_run": True,
             "found": len(items) + len(rejected),
             "would_process": [it["input"] for it in todo],
+            "would_redo_changed": sorted(stale & {it["key"] for it in todo}),
+            "would_drop": sorted(o.key for o in dropped),
             "would_reject": [(o.input, o.reason) for o in rejected],
             "already_done": len(items) - len(todo),
             "exit_code": 0,
         }
-    if rejected:
-        name = part_name(((o.key, o.input) for o in rejected), run)
-        write_part(parts, name, rejected, {}, stage.tables, stage.config_hash, run)
+    stage.forget(stale | {o.key for o in dropped})
+    for outcomes in (rejected, dropped):
+        if outcomes:
+            name = part_name(((o.key, o.input) for o in outcomes), run)
+            versions = {it["key"]: it["version"] for it in items}
+            write_part(parts, name, outcomes, {}, stage.tables, stage.config_hash, run, versions)
     if todo:
         size = opts.batch_size or stage.resources.batch_size
         batches = [todo[i : i + size] for i in range(0, len(todo), size)]
@@ -351,6 +379,8 @@ def _run_stage(stage_cls: type[Stage], config, opts: RunOptions, root: DataRoot)
         "run": run,
         "found": len(items) + len(rejected),
         "processed": len(todo),
+        "redone_changed": len(stale & {it["key"] for it in todo}),
+        "dropped": len(dropped),
         "skipped_done": len(items) - len(todo),
         "wall_s": round(time.perf_counter() - t0, 2),
     }
@@ -391,6 +421,7 @@ def write_outputs(
 ) -> dict:
     """Consolidate the parts into the tables, rejects and report fields; check accounting."""
     root = stage.root
+    status = status.filter(pc.not_equal(status["status"], DROPPED))  # gone: not an input now
     have = {(r["key"], r["input"]) for r in status.to_pylist()}
     missing = [
         (it["key"], it["input"])

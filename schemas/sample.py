@@ -201,6 +201,10 @@ SHARD_INDEX_SCHEMA = pa.schema(
         # of an index written before this column, or a kind that does not say; readers
         # that need it then read the sample's json (curation.shards.shards_for does).
         pa.field("tasks", pa.list_(pa.string())),
+        # ``ext:size:mtime_ns;...`` of the staged files the sample was packed from; null for
+        # samples packed from memory. A restaged sample (its item redone) no longer matches,
+        # so its shard is rewritten (curation.shards.write_shards_from_dir).
+        pa.field("staged", pa.string()),
     ]
 )
 

@@ -176,6 +176,19 @@ def test_segments_are_maximal_runs_that_respect_resets_and_limits(
             assert any(a <= s.start and s.end <= b for a, b, _, _ in expected)
 
 
+@given(n=st.integers(8, 120), stride=st.integers(1, 4), split=st.floats(0.2, 0.8))
+def test_strided_segments_stay_inside_the_trajectory(n, stride, split):
+    """Pairs overlap (i, i+stride): N - stride labels, and a run of pairs a..b covers frames
+    a..b+stride, so the last segment ends on frame N-1, never beyond it."""
+    labels = n - stride
+    cut = max(1, int(labels * split))
+    keys = np.array([1] * cut + [2] * (labels - cut), np.uint8)
+    segs = segment_runs(keys, np.zeros(labels, np.uint8), min_frames=2, stride=stride)
+    assert segs[0].start == 0 and segs[-1].end == n - 1
+    assert all(s.end - s.start == (cut - 1 if s.keys == 1 else labels - cut - 1) + stride
+               for s in segs)  # fmt: skip
+
+
 def test_speeds_of_a_straight_walk_and_a_turn():
     walk = constant_motion(31, (0, 0, 0.01), (0, 0, 0))
     d, turn_deg, view = segment_speeds(walk, 0, 30, fps=30.0)

@@ -138,7 +138,8 @@ def test_retime_tokens_and_segments():
     idx = resample_indices(10, 30.0, 16.0)  # [0, 2, 4, 6, 8, 9]
     codes = [KEY_CODE[k] for k in ("W", "W", "W", "S", "S", "S", "S", "A", "A")]
     assert retime_tokens(codes, KEYS, idx) == ["W", "W", "S", "S", "A", "A"]  # 9 -> pair 8
-    assert retime_tokens(codes[::2], KEYS, idx, stride=2) == ["W", "W", "S", "S", "A", "A"]
+    # stride 2: 8 overlapping pairs (i, i+2) of 10 frames; frames 8 and 9 take pair 7
+    assert retime_tokens(codes[:8], KEYS, idx) == ["W", "W", "S", "S", "A", "A"]
     segs = [
         {"start_frame": 0, "end_frame": 3, "keys": "W", "mouse": "·"},
         {"start_frame": 3, "end_frame": 4, "keys": "S", "mouse": "·"},  # one output frame

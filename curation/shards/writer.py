@@ -62,6 +62,10 @@ class DuplicateKeyError(ValueError):
     """A key is already in the dataset's index or in the shard being written."""
 
 
+class ShardRewriteError(RuntimeError):
+    """A shard must be rewritten (a sample in it changed or went) but cannot be."""
+
+
 def check_sample(key: str, members: dict[str, bytes], kind: SampleKind | None = None) -> dict:
     """Validate one sample before it goes into a shard; return its parsed metadata.
 
@@ -230,8 +234,48 @@ class ShardWriter:
         return index
 
     # -- writing ---------------------------------------------------------------------------
-    def write(self, key: str, members: dict[str, bytes]) -> None:
-        """Validate and append one sample (raises SchemaError or DuplicateKeyError)."""
+    def remove_shards(self, keys: set[str], restageable: set[str]) -> list[str]:
+        """Remove the shards holding any of ``keys`` (changed or gone samples) from the
+        dataset, so their other samples are packed again from staging; returns their names.
+
+        Every other sample of those shards must be in ``restageable`` (complete staged
+        files), else nothing is removed and the error names what is missing. Shard files go
+        before the index rows: a kill in between leaves rows naming missing shards, which
+        the next open drops (``_recover``).
+        """
+        rows = self._index.to_pylist()
+        shards = sorted({r["shard"] for r in rows if r["key"] in keys})
+        if not shards:
+            return []
+        lost = sorted(
+            r["key"]
+            for r in rows
+            if r["shard"] in shards and r["key"] not in keys and r["key"] not in restageable
+        )
+        if lost:
+            raise ShardRewriteError(
+                f"{self.out_dir}: {shards[0]} must be rewritten (a sample in it changed) but "
+                f"{len(lost)} of its other samples ({', '.join(lost[:3])}) have no staged files "
+                "to rewrite it from; restore the staging folder, or rerun with --overwrite"
+            )
+        for name in shards:
+            (self.out_dir / name).unlink(missing_ok=True)
+            (self.out_dir / stats_name(name)).unlink(missing_ok=True)
+        keep = pa.array([r["shard"] not in shards for r in rows])
+        self._index = write_table(
+            self._index.filter(keep), self.out_dir / INDEX_NAME, SHARD_INDEX_SCHEMA,
+            provenance=self._provenance,
+        )  # fmt: skip
+        pattern = shard_pattern(self.dataset)
+        used = [int(pattern.match(s).group(1)) for s in self._index.column("shard").to_pylist()]
+        self._next = max(used, default=-1) + 1  # the next open's crash rule expects this
+        self.indexed_at_open = frozenset(self._index.column("key").to_pylist())
+        self.done_keys = set(self.indexed_at_open)
+        return shards
+
+    def write(self, key: str, members: dict[str, bytes], staged: str | None = None) -> None:
+        """Validate and append one sample (raises SchemaError or DuplicateKeyError).
+        ``staged``: the signature of the staged files it came from (``staged_signature``)."""
         meta = check_sample(key, members, self.kind)
         if key in self.done_keys:
             raise DuplicateKeyError(f"sample {key!r} is already in {self.dataset}")
@@ -261,6 +305,7 @@ class ShardWriter:
                 "sizes": [len(members[e]) for e in exts],
                 "sha256": digests.result(),
                 **self.kind.index_fields(meta),
+                "staged": staged,
             }
         )
         self._metas.append(meta)
@@ -340,10 +385,13 @@ def _reject(key: str, source: str, reason: str, detail: str) -> dict:
 
 
 def _pack(
-    writer: ShardWriter, items: Iterable[tuple[str, str, Callable[[], dict[str, bytes]]]]
+    writer: ShardWriter,
+    items: Iterable[tuple[str, str, Callable[[], dict[str, bytes]]]],
+    staged: dict[str, str] | None = None,
 ) -> dict:
     """Write every (key, input, load) not yet indexed; bad samples become rejects rows."""
     skipped, rejects = 0, []
+    staged = staged or {}
     for key, source, load in tqdm(items, desc=f"shards {writer.dataset}", unit="sample"):
         if key in writer.indexed_at_open:
             skipped += 1
@@ -354,7 +402,7 @@ def _pack(
             rejects.append(_reject(key, source, "unreadable", f"{type(e).__name__}: {e}"))
             continue
         try:
-            writer.write(key, members)
+            writer.write(key, members, staged.get(key))
         except DuplicateKeyError as e:
             rejects.append(_reject(key, source, "duplicate_key", str(e)))
         except SchemaError as e:
@@ -432,17 +480,25 @@ def write_shards_from_dir(
     max_bytes: int = 2**30,
     rejects_path: str | Path | None = None,
     kind: SampleKind = CLIP_SAMPLE,
+    keys: set[str] | None = None,
 ) -> dict:
     """Pack every complete staged sample (of ``kind``) not yet indexed into new shards,
-    sorted by key.
+    sorted by key; the shards always hold what staging holds now.
 
     Resumable: rerun after a crash or with more staged samples and only the missing keys
-    are written, into shards numbered after the existing ones. Returns a summary dict
-    (shards_written, samples_written, skipped_existing, rejected, rejects, indexed_samples,
-    incomplete). Rejects (bad key, missing member, invalid json) are also written to
-    ``rejects_path`` when given; they are re-found on every run, so that file stays whole.
+    are written, into shards numbered after the existing ones. A sample restaged since it
+    was packed (its staged files' sizes or mtimes differ from the index's ``staged``) and,
+    when ``keys`` (the keys the producer's table holds) is given, a sample outside ``keys``
+    make their shards be rewritten (``ShardWriter.remove_shards``); staged samples outside
+    ``keys`` are not packed. Returns a summary dict (shards_written, samples_written,
+    skipped_existing, rejected, rejects, indexed_samples, incomplete, shards_rewritten).
+    Rejects (bad key, missing member, invalid json) are also written to ``rejects_path``
+    when given; they are re-found on every run, so that file stays whole.
     """
     complete, incomplete = staged_samples(staging_dir)
+    if keys is not None:
+        complete = {k: v for k, v in complete.items() if k in keys}
+    signatures = {k: staged_signature(p) for k, p in complete.items()}
 
     def items() -> Iterator[tuple[str, str, Callable[[], dict[str, bytes]]]]:
         for key in sorted(complete):
@@ -451,7 +507,25 @@ def write_shards_from_dir(
 
     limits = {"max_samples": max_samples, "max_bytes": max_bytes, "kind": kind}
     with ShardWriter(shards_dir, dataset, **limits) as w:
-        packed = _pack(w, items())
+        changed = {
+            r["key"]
+            for r in w._index.select(["key", "staged"]).to_pylist()
+            if (keys is not None and r["key"] not in keys)
+            or (r["staged"] is not None and r["key"] in signatures
+                and signatures[r["key"]] != r["staged"])
+        }  # fmt: skip
+        rewritten = w.remove_shards(changed, set(complete))
+        packed = _pack(w, items(), signatures)
     summary = _summary(w, packed, Path(rejects_path) if rejects_path else None)
     summary["incomplete"] = incomplete
+    summary["shards_rewritten"] = rewritten
     return summary
+
+
+def staged_signature(paths: dict[str, Path]) -> str:
+    """``ext:size:mtime_ns`` of each staged member file, sorted by extension."""
+    parts = []
+    for ext in sorted(paths):
+        st = paths[ext].stat()
+        parts.append(f"{ext}:{st.st_size}:{st.st_mtime_ns}")
+    return ";".join(parts)

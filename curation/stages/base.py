@@ -11,6 +11,11 @@ runner (``jobs/runner.py``) runs it and ``jobs/X.py`` gives it its command ``yum
 - ``discover()``: the input items, plain JSON-able dicts with a ``key`` (unique per output)
   and an ``input`` (the path or id a person recognises); an item may already carry a
   ``reject`` (reason, detail) found while discovering it.
+- ``version_fields``: the item fields holding what the item was made from besides its input
+  file (upstream table rows, a CSV row); a rerun redoes an item whose input file or these
+  fields changed. ``drops_missing``: the inputs are another stage's records, so a key they
+  no longer hold is dropped from this stage's tables (and its shards). ``forget(keys)``
+  removes per-item outputs (staged files) before those keys are redone or dropped.
 - ``setup()``: once per worker, before the first batch (model loads belong here).
 - ``process(batch)``: one ``Outcome`` per item, done or rejected, plus the batch's rows.
 - ``finalize(tables)``: once, on the driver, after the tables are written (pack shards,
@@ -97,11 +102,12 @@ class Resources:
 
 @dataclass
 class Outcome:
-    """What became of one input item: ``done`` or ``rejected`` with a reason."""
+    """What became of one input item: ``done`` or ``rejected`` with a reason (or, decided
+    by the runner, ``dropped``: its upstream record is gone)."""
 
     key: str
     input: str
-    status: str  # "done" | "rejected"
+    status: str  # "done" | "rejected" | "dropped"
     reason: str | None = None
     detail: str | None = None
 
@@ -143,6 +149,9 @@ class Stage(Generic[C]):
     # the columns each table is sorted by when written (default: its first column), so a
     # table's bytes do not depend on how the work was batched
     sort_by: ClassVar[dict[str, list[str]]] = {}
+    # what an item was made from besides its input file (see the module docstring)
+    version_fields: ClassVar[tuple[str, ...]] = ()
+    drops_missing: ClassVar[bool] = False
 
     def __init__(self, config: C, root: DataRoot):
         self.config = config
@@ -194,6 +203,10 @@ class Stage(Generic[C]):
     def finalize(self, tables: dict[str, pa.Table]) -> dict:
         """Driver-side work after the tables are written; returns extra report fields."""
         return {}
+
+    def forget(self, keys: set[str]) -> None:
+        """Remove the per-item outputs of ``keys`` (about to be redone or dropped), so no
+        output of an old version outlives it. Default: the stage keeps none."""
 
     def owned_outputs(self) -> list[Path]:
         """Folders only this stage writes (staging, its shards): removed by ``--overwrite``."""

@@ -89,6 +89,10 @@ class ClipsStage(Stage[ClipsConfig]):
     config_cls = ClipsConfig
     resources = Resources(cpus=1, actor=True, batch_size=1)
     tables = {"clips": CLIP_SAMPLES_SCHEMA}
+    # a clip is made from its actions rows: other thresholds, or a clip the actions stage no
+    # longer holds, redo or drop it (and rewrite its shard)
+    version_fields = ("clip", "segments")
+    drops_missing = True
 
     @property
     def staging(self) -> Path:
@@ -125,6 +129,15 @@ class ClipsStage(Stage[ClipsConfig]):
                 "clip": clip,
                 "segments": segments.get(clip["clip_id"], []),
             }
+
+    def forget(self, keys: set[str]) -> None:
+        """Delete the staged files of ``keys``: a redone clip is staged afresh, a dropped one
+        is not packed again."""
+        if not self.staging.is_dir():
+            return
+        for path in self.staging.iterdir():
+            if path.name.split(".", 1)[0] in keys:
+                path.unlink(missing_ok=True)
 
     def setup(self) -> None:
         self.staging.mkdir(parents=True, exist_ok=True)
@@ -175,7 +188,6 @@ class ClipsStage(Stage[ClipsConfig]):
                     f"the {where} has {src.num_frames if where == 'video' else n_traj} frames",
                 )
         clipped = [{**s, "end_frame": min(s["end_frame"], used - 1)} for s in segments]
-        stride = int(clip.get("stride") or 1)
         video = transcode(
             src,
             out_fps=cfg.fps,
@@ -202,8 +214,8 @@ class ClipsStage(Stage[ClipsConfig]):
             "source_video": path.name,
             "source_fps": src.fps,
             "source_frame_range": [int(idx[0]), int(idx[-1])],
-            "keys": retime_tokens(clip["keys"], KEYS, idx, stride),
-            "mouse": retime_tokens(clip["mouse"], MOUSE, idx, stride),
+            "keys": retime_tokens(clip["keys"], KEYS, idx),
+            "mouse": retime_tokens(clip["mouse"], MOUSE, idx),
             "segments": segs,
             "captions": {"scene": caption, "event": None, "action": None},
             "scores": {},
@@ -258,6 +270,7 @@ class ClipsStage(Stage[ClipsConfig]):
                 max_samples=cfg.max_samples,
                 max_bytes=cfg.max_bytes,
                 rejects_path=self.root.rejects(f"shards-{cfg.dataset}"),
+                keys=set(tables["clips"].column("key").to_pylist()),
             )
             shards.pop("rejects", None)  # in their own rejects table
         frames = sum(r["frames"] for r in rows)

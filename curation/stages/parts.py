@@ -8,12 +8,19 @@ flight, and rows of a batch that never committed are ignored and rewritten.
 
 The one resume rule, for every stage: an item whose key has a committed status under the
 same config is not processed again (``retry_rejected`` runs rejected ones again, and the
-newest status of an item wins).
+newest status of an item wins). Each status row records the item's version (what it was
+made from: its input file's size and mtime, plus a digest of the upstream records or file
+row it used); an item whose version changed is processed again.
+
+A part's table rows count while one of its items still has its newest status there. To
+redo or drop an item, its batch-mates are redone too (``stale_batches``), so a superseded
+part never contributes rows: no stage needs to say which table column holds its key.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import stat
@@ -33,14 +40,14 @@ STATUS_SCHEMA = pa.schema(
     [
         pa.field("key", pa.string(), nullable=False),
         pa.field("input", pa.string(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),  # done | rejected
+        pa.field("status", pa.string(), nullable=False),  # done | rejected | dropped
         pa.field("reason", pa.string()),
         pa.field("detail", pa.string()),
         pa.field("config_hash", pa.string(), nullable=False),
         pa.field("run", pa.int32(), nullable=False),  # 1 for the first run on this root
         pa.field("part", pa.string(), nullable=False),
-        # ``size:mtime_ns`` of the input file when processed (input_version); null when the
-        # input names no local file, and in parts written before this column
+        # what the item was made from (item_version); null when that is unknown: an input
+        # naming no local file and no upstream fields, or a part written before this column
         pa.field("input_version", pa.string()),
     ]
 )
@@ -54,6 +61,19 @@ def input_version(text: str) -> str | None:
     except (OSError, ValueError):
         return None
     return f"{st.st_size}:{st.st_mtime_ns}" if stat.S_ISREG(st.st_mode) else None
+
+
+def item_version(item: dict, fields: Iterable[str] = ()) -> str | None:
+    """What an item was made from: ``input_version`` of its input, plus (when the stage
+    names ``fields``) a digest of those item fields, the upstream records or the file row
+    the item carries. Why: a rerun redoes an item whose input, upstream rows or CSV row
+    changed, and only that item."""
+    version = input_version(item["input"])
+    fields = tuple(fields)
+    if not fields:
+        return version
+    used = json.dumps({f: item.get(f) for f in fields}, sort_keys=True, default=str)
+    return f"{version or '-'}#{hashlib.sha256(used.encode()).hexdigest()[:16]}"
 
 
 # what part_name makes: a status row naming anything else is not ours (a path, an edit)
@@ -78,8 +98,10 @@ def write_part(
     schemas: dict[str, pa.Schema],
     config_hash: str,
     run: int,
+    versions: dict[str, str | None] | None = None,
 ) -> None:
-    """Write a batch's table parts, then (the commit) its status part, each atomically."""
+    """Write a batch's table parts, then (the commit) its status part, each atomically.
+    ``versions``: each item's version by key, as discovered (item_version)."""
     for table, schema in schemas.items():
         rows = tables.get(table)
         if rows is None:
@@ -98,7 +120,7 @@ def write_part(
                 "config_hash": config_hash,
                 "run": run,
                 "part": name,
-                "input_version": input_version(o.input),
+                "input_version": (versions or {}).get(o.key),
             }
             for o in outcomes
         ],
@@ -141,6 +163,13 @@ def read_status(parts_dir: Path) -> pa.Table:
         latest[(r["key"], r["input"])] = r
     ordered = [latest[k] for k in sorted(latest)]
     return pa.Table.from_pylist(ordered, schema=STATUS_SCHEMA)
+
+
+def stale_batches(status: pa.Table, keys: set[str]) -> set[str]:
+    """The keys that must be redone with ``keys``: every item whose newest status shares a
+    part with one of them, so that part ends with no live item and none of its rows count."""
+    parts = {r["part"] for r in status.to_pylist() if r["key"] in keys}
+    return {r["key"] for r in status.to_pylist() if r["part"] in parts} | keys
 
 
 def read_table_parts(parts_dir: Path, table: str, schema: pa.Schema, parts: set[str]) -> pa.Table:
