@@ -60,6 +60,11 @@ def test_item_version_covers_the_named_fields_and_the_input_file(tmp_path):
     row_item = {"key": "k", "input": "captions.csv:7", "row": {"caption": "a cat"}}
     assert item_version(row_item, ["row"]).startswith("-#")
     assert item_version(row_item) is None
+    # a source file named in ``files`` (an image behind ``image#description``) counts too
+    pair = {"key": "k", "input": f"{f}#d3", "files": [str(f)], "text": "a storm"}
+    was = item_version(pair, ["files", "text"])
+    _touch_later(f)
+    assert item_version(pair, ["files", "text"]) != was
 
 
 def test_stale_batches_takes_every_batch_mate(tmp_path):

@@ -66,14 +66,18 @@ def input_version(text: str) -> str | None:
 def item_version(item: dict, fields: Iterable[str] = ()) -> str | None:
     """What an item was made from: ``input_version`` of its input, plus (when the stage
     names ``fields``) a digest of those item fields, the upstream records or the file row
-    the item carries. Why: a rerun redoes an item whose input, upstream rows or CSV row
-    changed, and only that item."""
+    the item carries; a field named ``files`` (paths) contributes each file's version. Why:
+    a rerun redoes an item whose input, upstream rows, CSV row or source file changed, and
+    only that item."""
     version = input_version(item["input"])
     fields = tuple(fields)
     if not fields:
         return version
-    used = json.dumps({f: item.get(f) for f in fields}, sort_keys=True, default=str)
-    return f"{version or '-'}#{hashlib.sha256(used.encode()).hexdigest()[:16]}"
+    used = {f: item.get(f) for f in fields}
+    if "files" in used:
+        used["files"] = {str(p): input_version(str(p)) for p in used["files"] or []}
+    text = json.dumps(used, sort_keys=True, default=str)
+    return f"{version or '-'}#{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
 # what part_name makes: a status row naming anything else is not ours (a path, an edit)
