@@ -9,12 +9,10 @@ import json
 import os
 import time
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from curation.dataroot import DataRoot
-from curation.manifest import write_table
 from curation.sample_sekai import write_sample_release
 from curation.shards import INDEX_NAME, iter_shard, read_index, write_shards_from_dir
 from curation.shards.writer import ShardRewriteError
@@ -23,7 +21,6 @@ from curation.stages.base import Outcome
 from curation.stages.clips import ClipsConfig, ClipsStage
 from curation.stages.parts import item_version, read_status, stale_batches, write_part
 from jobs.runner import RunOptions, run_stage
-from schemas.actions import CLIPS_SCHEMA
 from tests.test_shards import make_sample
 
 
@@ -137,8 +134,8 @@ def test_actions_rerun_redoes_or_drops_the_clips_made_from_them(ray_local, tmp_p
     release = tmp_path / "release"
     write_sample_release(release, clips=3, frames=64, seed=5, video=True, video_size=(64, 36))
     root = DataRoot.at(tmp_path / "data")
-    opts = RunOptions(root=root.path, progress=False)
-    over = RunOptions(root=root.path, progress=False, overwrite=True)
+    opts = RunOptions(root=root.path, progress=False, batch_size=1)  # no batch-mates redone
+    over = RunOptions(root=root.path, progress=False, overwrite=True, batch_size=1)
     actions = ActionsConfig(sekai=[release], min_frames=8)
     clips = ClipsConfig(videos=release / "videos", resolution="32x64", max_samples=1, min_side=16)
     run_stage(ActionsStage, actions, opts)
@@ -158,10 +155,10 @@ def test_actions_rerun_redoes_or_drops_the_clips_made_from_them(ray_local, tmp_p
     assert table.num_rows == 3 and len(set(table.column("key").to_pylist())) == 3
 
     # fewer clips upstream: the clip it no longer holds is dropped everywhere
-    rows = pq.read_table(root.manifest("action_clips")).to_pylist()
-    gone = rows[0]["clip_id"]
-    write_table(pa.Table.from_pylist(rows[1:], CLIPS_SCHEMA), root.manifest("action_clips"),
-                CLIPS_SCHEMA)  # fmt: skip
+    npz = sorted(release.rglob("*.npz"))[0]
+    gone = npz.stem
+    npz.rename(tmp_path / npz.name)
+    run_stage(ActionsStage, ActionsConfig(sekai=[release], min_frames=8, stride=2), over)
     s = run_stage(ClipsStage, clips, opts)
     assert s["this_run"]["dropped"] == 1 and s["this_run"]["processed"] == 0
     assert s["inputs"] == s["accepted"] == 2 and s["exit_code"] == 0
@@ -170,6 +167,18 @@ def test_actions_rerun_redoes_or_drops_the_clips_made_from_them(ray_local, tmp_p
     assert len(_shard_samples(shards)) == 2
     assert not list(root.staging(clips.dataset).glob(f"*{gone}*"))
     assert run_stage(ClipsStage, clips, opts)["this_run"]["processed"] == 0
+
+    # an edited CSV caption: actions redo that clip, clips redo it, its shard holds the edit
+    csv = release / "sekai.csv"
+    lines = csv.read_text().splitlines()
+    video_file, old_caption = lines[2].split(",")[:2]
+    lines[2] = lines[2].replace(old_caption, "An edited caption.")
+    csv.write_text("\n".join(lines) + "\n")
+    s = run_stage(ActionsStage, ActionsConfig(sekai=[release], min_frames=8, stride=2), opts)
+    assert s["this_run"]["redone_changed"] == 1
+    assert run_stage(ClipsStage, clips, opts)["this_run"]["redone_changed"] == 1
+    edited = [m for m in _shard_samples(shards).values() if m["source_video"] == video_file]
+    assert [m["captions"]["scene"] for m in edited] == ["An edited caption."]
 
     # a replaced source video: only its clip is redone
     video = sorted((release / "videos").glob("*.mp4"))[-1]

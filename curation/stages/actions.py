@@ -135,6 +135,8 @@ class ActionsStage(Stage[ActionsConfig]):
     # Plain tasks, not an actor pool: no model to load, and tasks reuse started workers.
     resources = Resources(cpus=1, batch_size=256)
     tables = {"actions": SEGMENTS_SCHEMA, "action_clips": CLIPS_SCHEMA}
+    # a clip is its trajectory file and its CSV row: an edited caption redoes the clip
+    version_fields = ("video_file", "extra", *CSV_COLUMNS)
     sort_by = {"actions": ["clip_id", "segment_index"], "action_clips": ["clip_id"]}
 
     def describe_inputs(self) -> str:
