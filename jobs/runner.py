@@ -171,16 +171,25 @@ def _task_fn(batch: dict, stage_cls, config, root: str, run: int) -> dict:
     return _status_rows(_stage_for(stage_cls, config, root), batch["payload"], run)
 
 
-class _StageActor:
-    """An actor of the pool: the stage is set up once, then one batch per call."""
+def _actor_class(stage_cls, config, root: str, run: int) -> type:
+    """The pool's actor class, its arguments inside the class rather than passed to it.
 
-    def __init__(self, stage_cls, config, root: str, run: int):
-        self.stage = stage_cls(config, DataRoot.at(root))
-        self.stage.setup()
-        self.run = run
+    Why: constructor arguments go to Ray's object store, and an actor that may restart with
+    arguments there makes every worker print a warning; the stage, config and root are small.
+    """
 
-    def __call__(self, batch: dict) -> dict:
-        return _status_rows(self.stage, batch["payload"], self.run)
+    class StageActor:
+        """An actor of the pool: the stage is set up once, then one batch per call."""
+
+        def __init__(self) -> None:
+            self.stage = stage_cls(config, DataRoot.at(root))
+            self.stage.setup()
+
+        def __call__(self, batch: dict) -> dict:
+            return _status_rows(self.stage, batch["payload"], run)
+
+    StageActor.__qualname__ = StageActor.__name__ = f"{stage_cls.__name__}Actor"
+    return StageActor
 
 
 def _run_on_ray(stage: Stage, batches: list[list[dict]], opts: RunOptions, run: int) -> None:
@@ -200,8 +209,7 @@ def _run_on_ray(stage: Stage, batches: list[list[dict]], opts: RunOptions, run: 
     ray_args = {"num_cpus": res.cpus, "num_gpus": res.gpus} if res.gpus else {"num_cpus": res.cpus}
     if res.actor:
         ds = ds.map_batches(
-            _StageActor,
-            fn_constructor_kwargs=args,
+            _actor_class(**args),
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=workers),
             **ray_args,
