@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,28 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             f"[{name}]" in item.nodeid for name in HEAVY_CONTRACT
         ):
             item.add_marker(pytest.mark.slow)
+
+
+# The generic input failures every stage contract case puts through its stage
+# (tests/test_stage_contract.py): each case damages its own inputs with them, or says why one
+# does not apply to it.
+FAILURE_CLASSES = (
+    "garbage",
+    "empty",
+    "truncated",
+    "vanished",
+    "empty_text",
+    "long_text",
+    "missing_field",
+)
+
+
+def garbage(path: Path) -> None:
+    """Replace ``path`` by bytes no reader accepts (seeded, so every run is the same)."""
+    path.write_bytes(random.Random(0).randbytes(4096))
+
+
+def truncate(path: Path) -> None:
+    """Keep the first half of ``path``: a copy cut off mid-way."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])

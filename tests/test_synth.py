@@ -31,6 +31,7 @@ from curation.stages.synth_select import SynthSelectConfig, SynthSelectStage
 from jobs.runner import RunOptions, run_stage
 from jobs.synth import run_synth
 from schemas.synth import GENERATED_SCHEMA
+from tests.conftest import garbage, truncate
 
 TINY = dict(t2v="tiny-random", resolution="32x32", frames=9, steps=2, max_sequence_length=16)
 
@@ -314,6 +315,31 @@ class SynthScoreCase:
 
     def relative(self, config: SynthScoreConfig, base: Path) -> SynthScoreConfig:
         return dataclasses.replace(config, inputs_root=config.inputs_root.relative_to(base))
+
+    not_applicable = {
+        "empty_text": "the inputs are videos; prompts are checked by synth_generate",
+        "long_text": "the inputs are videos; prompts are checked by synth_generate",
+        "missing_field": "the rows come from synth_generate's schema-checked table",
+    }
+
+    def damage(self, tmp: Path, config: SynthScoreConfig) -> tuple[SynthScoreConfig, dict]:
+        """Three more generated rows whose mp4s are garbage, empty and cut in half."""
+        _fake_generated(tmp, ["static_g", "static_e", "static_t"])
+        folder = DataRoot.at(tmp / "data").staging(GENERATED_DATASET)
+        garbage(folder / "syn_static_g.mp4")
+        (folder / "syn_static_e.mp4").write_bytes(b"")
+        truncate(folder / "syn_static_t.mp4")
+        return config, {
+            "syn_static_g": ("garbage", "unreadable_video"),
+            "syn_static_e": ("empty", "empty_video"),
+            "syn_static_t": ("truncated", "unreadable_video"),
+        }
+
+    def vanish(self, tmp: Path, items: list[dict]) -> dict:
+        """The mp4 of a discovered row is deleted before it is scored."""
+        item = next(it for it in items if it["key"] == "syn_moving")
+        Path(item["input"]).unlink()
+        return {"syn_moving": ("vanished", "missing_video")}
 
 
 class SynthSelectCase:

@@ -57,7 +57,10 @@ def read_caption_file(path: Path, id_column: str, caption_column: str) -> tuple[
         frame = pd.read_parquet(path)
     elif path.suffix.lower() in (".csv", ".tsv", ".txt", ".gz"):
         sep = "\t" if ".tsv" in path.suffixes else ","
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep)
+        try:  # an empty or garbled file is that file's reject, not the end of the job
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep)
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+            raise Reject("bad_csv", f"{path.name}: {type(e).__name__}: {str(e)[:200]}") from e
     else:
         raise Reject("unsupported_file", f"{path.name}: expected .csv, .tsv or .parquet")
     cols = list(frame.columns)

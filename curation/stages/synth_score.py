@@ -108,8 +108,10 @@ class SynthScoreStage(Stage[SynthScoreConfig]):
         todo, outcomes = [], {}
         for it in batch:
             p = Path(it["input"])
-            if not p.is_file() or p.stat().st_size == 0:
+            if not p.is_file():
                 outcomes[it["key"]] = Outcome.rejected(it, "missing_video", f"{p} not found")
+            elif p.stat().st_size == 0:
+                outcomes[it["key"]] = Outcome.rejected(it, "empty_video", f"{p} has zero bytes")
             else:
                 todo.append(it)
         results: dict[str, dict | Exception] = {}

@@ -1,6 +1,14 @@
 """Block sampler latency (tiny config, CPU, random weights): per block as blocks accumulate
-(1..32) with TSCM history compression against full-context history, and 4-step against
-50-step sampling per block. Ratios within this run, no absolute timings as targets."""
+(1..32) with TSCM history compression against full-context history on the same weights, and
+4-step against 50-step sampling per block. Ratios within this run, no absolute timings as
+targets.
+
+Latency is what ``training.sample.generate`` (the ``yume-train sample`` path) reports per
+block: wall time, so one intra-op thread and the minimum over ``REPEATS`` runs keep a shared
+CPU's load out of it. Block ``k`` (1-based) sees ``1 + 2 (k - 1)`` history latent frames (the
+image, then 2 per earlier block); the TSCM run passes them all with ``history_keep =
+select_history(...)``, as the sampler does (``bench_tscm``'s ``sampler`` variant is the same
+path at larger latents)."""
 
 from __future__ import annotations
 
@@ -16,7 +24,7 @@ from training.config import SAMPLE_PRESETS
 from training.sample import generate, parse_plan
 
 BLOCKS = 32
-REPEATS = 2
+REPEATS = 3
 
 
 def _latencies(model, cfg, text, cache, plan, context, select: bool, sigmas=None) -> list[float]:
@@ -35,7 +43,15 @@ def _window(ts: list[float], block: int) -> float:
 
 def main() -> dict:
     torch.manual_seed(0)
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _measure()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure() -> dict:
     cfg = SAMPLE_PRESETS["tiny"]  # 128x224 px -> 8x14 latents, 2 latent frames per block
     tscm = TSCMTransformer.from_config_name("tiny").eval()
     # full context: every history frame in attention at the full (1,2,2) rate
@@ -62,6 +78,7 @@ def main() -> dict:
     return {
         "config": f"tiny TSCM, {cfg.height}x{cfg.width} px, {cfg.pred_latent_frames} latent "
         f"frames per block, I2V, CPU {torch.get_num_threads()} threads, random weights",
+        "history_latent_frames": {b: 1 + cfg.pred_latent_frames * (b - 1) for b in pick},
         "tscm_block_ms": {b: round(1000 * t_tscm[b - 1], 2) for b in pick},
         "full_context_block_ms": {b: round(1000 * t_full[b - 1], 2) for b in pick},
         "tscm_32nd_over_8th": round(growth_tscm, 3),

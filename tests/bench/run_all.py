@@ -1,7 +1,8 @@
 """`make bench`: run every tests/bench/bench_*.py and write bench-out/<name>.json.
 
 Each bench module has ``main() -> dict``; targets are ratios against a baseline measured in
-the same process, so the numbers mean the same on any machine.
+the same process, so the numbers mean the same on any machine. Names on the command line
+run only those benches.
 """
 
 from __future__ import annotations
@@ -16,8 +17,19 @@ from pathlib import Path
 OUT = Path("bench-out")
 
 
+USAGE = "usage: python -m tests.bench.run_all [BENCH ...]  (default: all; BENCH like bench_tscm)"
+
+
 def main(argv: list[str]) -> int:
-    names = argv or sorted(p.stem for p in Path(__file__).parent.glob("bench_*.py"))
+    known = sorted(p.stem for p in Path(__file__).parent.glob("bench_*.py"))
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE + "\nbenches: " + ", ".join(known))
+        return 0
+    unknown = [a for a in argv if a not in known]
+    if unknown:
+        print(f"error: unknown bench {', '.join(unknown)}; choose from {', '.join(known)}")
+        return 2
+    names = argv or known
     OUT.mkdir(exist_ok=True)
     failed = []
     for name in names:
