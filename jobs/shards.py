@@ -9,6 +9,7 @@ Entry point for a cluster: ``python -m jobs.shards verify --root ROOT``.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -22,12 +23,14 @@ from curation.manifest import atomic_write_json
 from curation.shards import (
     INDEX_NAME,
     STAGE,
+    ShardError,
     check_decode_mode,
     dataset_stats,
     merge_summaries,
     verify_dataset,
     write_shards_from_dir,
 )
+from curation.shards.verify import changes_since
 from schemas.actions import KEYS, MOUSE
 
 
@@ -68,11 +71,48 @@ def _table(rows: list[list], header: list[str]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells)
 
 
+class ReportError(ValueError):
+    """The report given to compare with is unreadable, not a verify report, or in the way."""
+
+
+def load_verify_report(path: Path) -> dict:
+    """A report written by ``shards verify`` (ReportError naming what is wrong with it)."""
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ReportError(f"{path}: not a readable verify report ({type(e).__name__}: {e})") from e
+    if not isinstance(report, dict) or not isinstance(report.get("datasets"), list):
+        raise ReportError(f"{path}: not a shards verify report (no datasets list)")
+    if any("index_sha256" not in d for d in report["datasets"]):
+        raise ReportError(
+            f"{path}: written before verify recorded index digests; run shards verify "
+            "without --against to make a report to compare with later"
+        )
+    return report
+
+
 def run_verify(
-    root: str | Path, decode: str = "ends", workers: int = 1, report_path: Path | None = None
+    root: str | Path,
+    decode: str = "ends",
+    workers: int = 1,
+    report_path: Path | None = None,
+    against: Path | None = None,
 ) -> dict:
-    """Verify every dataset under ``root``; print a table; write the JSON report."""
+    """Verify every dataset under ``root``; print a table; write the JSON report.
+
+    The report records each dataset's ``index_sha256`` and ``shard_bytes``. ``against``: a
+    report saved earlier; any dataset, index or shard file that changed since then is named
+    in ``changed`` and fails the run (an edit of shards and index together passes the
+    other checks). Its report then goes to ``shards_verify_against.json`` by default, so
+    the saved one is never overwritten.
+    """
+    saved = load_verify_report(against) if against is not None else None
     dirs, data = _datasets(root, latents=True)
+    report_path = report_path or data.report(
+        f"{STAGE}_verify" if against is None else f"{STAGE}_verify_against"
+    )
+    if against is not None and Path(report_path).resolve() == Path(against).resolve():
+        raise ReportError(f"{against}: --report would overwrite it; give another --report")
     with _pool(workers) as map_fn:
         datasets = [verify_dataset(d, decode=decode, map_fn=map_fn) for d in dirs]
     report = {
@@ -81,7 +121,9 @@ def run_verify(
         "ok": bool(datasets) and all(d["ok"] for d in datasets),
         "datasets": datasets,
     }
-    report_path = report_path or data.report(f"{STAGE}_verify")
+    if saved is not None:
+        changed = changes_since(saved, report)
+        report.update(against=str(against), changed=changed, ok=report["ok"] and not changed)
     atomic_write_json(report_path, report)
     rows = [
         [
@@ -104,6 +146,11 @@ def run_verify(
         print(f"  ... {len(errors) - 20} more errors in {report_path}")
     if not datasets:
         print(f"no datasets found under {root}")
+    if saved is not None:
+        for c in report["changed"][:20]:
+            print(f"  changed since {against}: {c}")
+        if not report["changed"]:
+            print(f"no index or shard file changed since {against}")
     print(f"report: {report_path}")
     return report
 
@@ -150,6 +197,7 @@ def run_stats(root: str | Path) -> dict:
     datasets = [dataset_stats(d) for d in dirs]
     total = merge_summaries(datasets)
     total["bytes"] = sum(d["bytes"] for d in datasets)
+    total["recounted"] = [f"{d['dataset']}/{r}" for d in datasets for r in d["recounted"]]
     for d in [*datasets, total]:
         d["hours"] = round(d["duration_s"] / 3600, 6)
     stats = {"root": str(root), "datasets": datasets, "total": total}
@@ -175,6 +223,8 @@ def run_stats(root: str | Path) -> dict:
     print(
         f"generated (rendered, not filmed) samples: {total['generated_count']} of {total['count']}"
     )
+    for r in total["recounted"]:
+        print(f"stats file not used, recounted from the shard: {r}")
     print(f"report: {report_path} and {plot_path.name}")
     return stats
 
@@ -244,10 +294,18 @@ def shards_verify(
     ),
     workers: int = typer.Option(2, help="Processes verifying shards in parallel."),
     report: Path | None = typer.Option(None, help="JSON report (ROOT/reports/shards_verify.json)."),
+    against: Path | None = typer.Option(
+        None,
+        help="A verify report saved earlier: also fail if an index (sha256) or a shard file "
+        "(size) changed since. The new report then defaults to "
+        "ROOT/reports/shards_verify_against.json.",
+    ),
 ) -> None:
-    """Check shards: members, sha256 vs index, json schema, mp4 frames/fps/size.
+    """Check shards: members, sha256 vs index, index fields vs json, json schema, mp4
+    frames/fps/size, bytes after the end of a tar, stats files vs shards.
 
-    Exits non-zero on any failure; details in the JSON report.
+    Exits non-zero on any failure; details in the JSON report, which records a sha256 of
+    every index (compare a later state with --against).
     """
 
     try:
@@ -255,9 +313,12 @@ def shards_verify(
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--decode") from None
     try:
-        ok = run_verify(root, decode=decode, workers=workers, report_path=report)["ok"]
+        saved = {"report_path": report, "against": against}
+        ok = run_verify(root, decode=decode, workers=workers, **saved)["ok"]
     except FileNotFoundError as e:
         raise typer.BadParameter(str(e), param_hint="--root") from None
+    except ReportError as e:
+        raise typer.BadParameter(str(e), param_hint="--against") from None
     if not ok:
         raise typer.Exit(1)
 
@@ -276,6 +337,9 @@ def shards_stats(
         run_stats(root)
     except FileNotFoundError as e:
         raise typer.BadParameter(str(e), param_hint="--root") from None
+    except ShardError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
 
 
 if __name__ == "__main__":

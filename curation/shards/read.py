@@ -7,6 +7,7 @@ at least N frames) is answered from ``index.parquet`` here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -103,10 +104,31 @@ def shard_paths(shards_dir: str | Path, names: Collection[str]) -> list[str]:
     return paths
 
 
-def _read_index(shards_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
+def index_path(shards_dir: str | Path) -> Path:
+    """The index file readers read: ``__meta__/index.parquet``, or an older folder's
+    top-level one while only that exists (it may not exist at all)."""
     path = Path(shards_dir) / INDEX_NAME
     if not path.exists() and (Path(shards_dir) / OLD_INDEX_NAME).exists():
-        path = Path(shards_dir) / OLD_INDEX_NAME
+        return Path(shards_dir) / OLD_INDEX_NAME
+    return path
+
+
+def read_index_digest(shards_dir: str | Path) -> tuple[pa.Table, str | None]:
+    """The index and the sha256 of the very bytes it was parsed from (None: no index).
+
+    Why one read: verify records the digest, and a digest taken from a second read could
+    describe another index than the one checked.
+    """
+    path = index_path(shards_dir)
+    if not path.exists():
+        return SHARD_INDEX_SCHEMA.empty_table(), None
+    data = path.read_bytes()
+    table = pq.read_table(pa.BufferReader(data), schema=SHARD_INDEX_SCHEMA)
+    return table, hashlib.sha256(data).hexdigest()
+
+
+def _read_index(shards_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
+    path = index_path(shards_dir)
     if not path.exists():
         empty = SHARD_INDEX_SCHEMA.empty_table()
         return empty.select(columns) if columns else empty
