@@ -142,6 +142,8 @@ def load_trajectory(
         return _read_npz(path, max_bytes)
     except TrajectoryError:
         raise
+    except FileNotFoundError as e:  # listed, then gone before it was read (moved, deleted)
+        raise TrajectoryError("missing_trajectory", f"{path} no longer exists") from e
     except _READ_ERRORS as e:
         raise TrajectoryError("corrupt_file", f"cannot read: {type(e).__name__}: {e}") from e
 

@@ -159,6 +159,16 @@ def test_hostile_headers_allocate_nothing_big(tmp_path):
     assert peak < 4 * 2**20, f"refusing {len(cases)} files allocated {peak} bytes"
 
 
+def test_a_trajectory_gone_after_discovery_is_missing_not_corrupt(tmp_path):
+    """Listed, then moved or deleted before a worker read it: its own reason."""
+    path = tmp_path / "walk.npy"
+    path.write_bytes(_npy(_walk(10)))
+    path.unlink()
+    with pytest.raises(TrajectoryError) as e:
+        load_trajectory(path)
+    assert e.value.reason == "missing_trajectory" and str(path) in e.value.detail
+
+
 def test_the_limit_is_configurable_and_good_files_still_load(tmp_path):
     walk = _walk(5000)  # 640 KB of float64
     npy = tmp_path / "walk.npy"
