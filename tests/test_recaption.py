@@ -627,8 +627,11 @@ class RecaptionCase:
     """Two 16-frame clips and a 3-frame clip (too_few_frames) in two sekai-real shards; the
     tiny-random captioner, one window per clip, timings off (so reruns are byte-identical).
 
-    The inputs are the root's shards (``<shard>:<key>#w<window>``), as for encode-latents:
-    the killed-run check must copy ``shards/`` into the clean root for this stage too."""
+    The inputs are the root's clips (``<shards folder>/<key>#w<window>``), as for
+    encode-latents: the killed-run check must copy ``shards/`` into the clean root for this
+    stage too, and a repack of the shards moves no input."""
+
+    follows_moves = True
 
     from curation.stages.recaption import RecaptionStage as stage
 

@@ -5,23 +5,40 @@ that no longer exist or tokens from old thresholds)."""
 
 from __future__ import annotations
 
+import csv as csvlib
+import dataclasses
 import json
 import os
+import tarfile
 import time
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import jobs.runner as runner
 from curation.dataroot import DataRoot
+from curation.manifest import write_table
+from curation.sample_images import write_sample_images
+from curation.sample_openvid import write_sample_openvid
 from curation.sample_sekai import write_sample_release
-from curation.shards import INDEX_NAME, iter_shard, read_index, write_shards_from_dir
+from curation.shards import (
+    INDEX_NAME,
+    iter_shard,
+    read_index,
+    write_shards,
+    write_shards_from_dir,
+)
 from curation.shards.writer import ShardRewriteError
 from curation.stages.actions import ActionsConfig, ActionsStage
 from curation.stages.base import Outcome
 from curation.stages.clips import ClipsConfig, ClipsStage
+from curation.stages.encode_latents import EncodeLatentsStage
 from curation.stages.parts import item_version, read_status, stale_batches, write_part
 from jobs.runner import RunOptions, run_stage
-from tests.test_shards import make_sample
+from tests.conftest import garbage, truncate
+from tests.test_shards import make_mp4, make_sample
+from tests.test_shards import stage as stage_samples
 
 
 def _shard_samples(folder) -> dict[str, dict]:
@@ -186,3 +203,341 @@ def test_actions_rerun_redoes_or_drops_the_clips_made_from_them(ray_local, tmp_p
     s = run_stage(ClipsStage, clips, opts)
     assert s["this_run"]["redone_changed"] == 1 and s["accepted"] == 2
     assert len(_shard_samples(shards)) == 2
+
+
+# ---- the derived stages: clip shards, caption files, generated videos, images ------------------
+
+# 128x64 clips of 24 frames: a window for the tiny encode preset at 64x128
+CLIP_FRAMES, CLIP_W, CLIP_H = 24, 128, 64
+
+
+def _clip(key: str, level: int = 0) -> dict[str, bytes]:
+    """A clip sample; ``level`` > 0 gives other mp4 bytes (a re-encode of the clip)."""
+    mp4 = make_mp4(CLIP_FRAMES, width=CLIP_W, height=CLIP_H, fps=16 + level)
+    return make_sample(key, CLIP_FRAMES, mp4=mp4, width=CLIP_W, height=CLIP_H)
+
+
+def _pack(root: DataRoot, staging, keys: set[str]) -> dict:
+    """Pack staged clips into the root's sekai-real shards as the clips stage does."""
+    return write_shards_from_dir(staging, root.shards("sekai-real"), "sekai-real",
+                                 max_samples=2, keys=keys)  # fmt: skip
+
+
+def _encode_config():
+    from jobs.encode_latents import PRESETS
+
+    return dataclasses.replace(PRESETS["tiny"], height=CLIP_H, width=CLIP_W)
+
+
+def _damage_shards(root: DataRoot) -> dict[str, str]:
+    """Four clips, one a shard: the first shard deleted, the second garbage, one byte of
+    the third's mp4 flipped (still a tar), the fourth whole; each clip's expected reason."""
+    write_shards([(k, _clip(k)) for k in ("c0", "c1", "c2", "c3")], root.shards("sekai-real"),
+                 "sekai-real", max_samples=1)  # fmt: skip
+    shard = {r["key"]: root.shards("sekai-real") / r["shard"]
+             for r in read_index(root.shards("sekai-real")).to_pylist()}  # fmt: skip
+    shard["c0"].unlink()
+    garbage(shard["c1"])
+    with tarfile.open(shard["c2"]) as tar:
+        at = tar.getmember("c2.mp4").offset_data + 100
+    data = bytearray(shard["c2"].read_bytes())
+    data[at] ^= 0xFF
+    shard["c2"].write_bytes(bytes(data))
+    return {"c0": "missing_shard", "c1": "unreadable_shard", "c2": "unreadable_shard"}
+
+
+def test_encode_latents_names_a_gone_or_damaged_clip_shard(tmp_path):
+    root = DataRoot.at(tmp_path / "data")
+    expected = _damage_shards(root)
+    stage = EncodeLatentsStage(_encode_config(), root)
+    items, _ = runner.discover(stage)
+    stage.setup()
+    got = {o.key.split("/")[1]: (o.reason, o.detail) for o in stage.process(items).outcomes}
+    assert {k: r for k, (r, _) in got.items()} == {**expected, "c3": None}
+    assert "not on disk" in got["c0"][1] and "differs from its index sha256" in got["c2"][1]
+
+
+def test_recaption_names_a_gone_or_damaged_clip_shard(tmp_path):
+    from curation.stages.recaption import RecaptionStage
+    from tests.test_recaption import _config
+
+    root = DataRoot.at(tmp_path / "data")
+    expected = _damage_shards(root)
+    stage = RecaptionStage(_config(window_seconds=0.0), root)
+    items, _ = runner.discover(stage)
+    stage.setup()
+    got = {o.key.split("/")[1]: o.reason for o in stage.process(items).outcomes}
+    assert got == {**expected, "c3": None}
+
+
+def _scored(tmp) -> DataRoot:
+    """Three known videos as synth-generate and synth-score leave them (no Ray)."""
+    from schemas.synth import SCORED_SCHEMA, SCORES_SCHEMA
+    from tests.test_synth import _fake_generated
+
+    _fake_generated(tmp, ["static", "moving", "flickering"])
+    root = DataRoot.at(tmp / "data")
+    keys = ["syn_static", "syn_moving", "syn_flickering"]
+    label = {"backend": "builtin", "backend_version": "test"}
+    rows = [{"key": k, "path": f"clips/synthetic-generated/{k}.mp4", "total": 0.5 + n / 10,
+             "total_dimensions": ["temporal_flickering"], "tiny_random": True, **label}
+            for n, k in enumerate(keys)]  # fmt: skip
+    long = [{"video": r["key"], "dimension": "temporal_flickering", "score": r["total"], **label}
+            for r in rows]  # fmt: skip
+    write_table(pa.Table.from_pylist(rows, SCORED_SCHEMA), root.manifest("synth_score"),
+                SCORED_SCHEMA)  # fmt: skip
+    write_table(pa.Table.from_pylist(long, SCORES_SCHEMA), root.manifest("scores"), SCORES_SCHEMA)
+    return root
+
+
+def test_synth_select_probes_each_video_and_names_what_is_wrong(tmp_path):
+    from curation.stages.synth_generate import GENERATED_DATASET, write_video
+    from curation.stages.synth_select import SynthSelectConfig, SynthSelectStage
+    from tests.test_synth import known_videos
+
+    root = _scored(tmp_path)
+    folder = root.staging(GENERATED_DATASET)
+    garbage(folder / "syn_static.mp4")  # replaced after it was scored
+    truncate(folder / "syn_moving.mp4")
+    write_video(folder / "syn_flickering.mp4", known_videos(n=5, h=32, w=32)["static"], 16.0,
+                "{}", 18)  # 5 frames where synth_generate recorded 9  # fmt: skip
+    stage = SynthSelectStage(SynthSelectConfig(top_k=10), root)
+    items, _ = runner.discover(stage)
+    stage.setup()
+    got = {o.key: (o.reason, o.detail) for o in stage.process(items).outcomes}
+    assert {k: r for k, (r, _) in got.items()} == {
+        "syn_static": "not_a_video",
+        "syn_moving": "truncated_video",
+        "syn_flickering": "frame_count_mismatch",
+    }
+    assert "5 frames" in got["syn_flickering"][1]
+    assert not list(root.staging("synthetic").glob("*.json"))  # nothing staged
+
+
+def test_versions_of_the_derived_stages_cover_what_each_item_is_made_from(tmp_path):
+    """Without Ray: what discovery puts in each derived stage's version."""
+    from curation.stages.dedup_captions import DedupCaptionsConfig, DedupCaptionsStage
+    from curation.stages.events import EventsConfig, EventsStage
+    from curation.stages.synth_generate import SynthGenerateConfig, SynthGenerateStage
+    from tests.test_synth import _prompts
+
+    def versions(stage) -> dict[str, str]:
+        items, _ = runner.discover(stage)
+        return {it["key"]: it["version"] for it in items}
+
+    csv = tmp_path / "captions.csv"
+    csv.write_text("video,caption\n" + "".join(f"v{n},caption {n}\n" for n in range(6)))
+    dedup = DedupCaptionsStage(DedupCaptionsConfig(captions=[csv], chunk_size=3),
+                               DataRoot.at(tmp_path / "d"))  # fmt: skip
+    was = versions(dedup)
+    csv.write_text(csv.read_text().replace("caption 4", "an edited caption"))
+    now = versions(dedup)
+    assert [k for k in was if was[k] != now[k]] == ["captions-00001"]  # its chunk only
+
+    prompts = _prompts(tmp_path / "prompts.csv", [("p0", "a fox"), ("p1", "a boat")])
+    gen = SynthGenerateStage(SynthGenerateConfig(prompts=prompts), DataRoot.at(tmp_path / "g"))
+    was = versions(gen)
+    _prompts(prompts, [("p0", "a fox"), ("p1", "a boat at night")])  # same ids, rows
+    now = versions(gen)
+    assert sum(was[k] != now[k] for k in was) == 1 and set(was) == set(now)
+
+    images = tmp_path / "images"
+    write_sample_images(images, 2, size=(96, 40))
+    events = EventsStage(EventsConfig(images=images, i2v="tiny-random"), DataRoot.at(tmp_path))
+    was = versions(events)
+    _touch_later(images / "fpv_sample_0001.jpg")
+    now = versions(events)
+    assert sum(was[k] != now[k] for k in was) == 1
+
+
+# ---- end to end on Ray: the derived stages follow their upstream ---------------------------------
+
+
+def _latents(root: DataRoot) -> dict[str, str]:
+    """Latent sample key -> the sha256 of its event embedding, from the latent shards' index."""
+    rows = read_index(root.latents("sekai-real")).to_pylist()
+    return {r["key"]: r["sha256"][r["members"].index("event_emb.pth")] for r in rows}
+
+
+def test_encode_latents_follows_repacked_changed_and_gone_clips(ray_local, tmp_path):
+    root = DataRoot.at(tmp_path / "data")
+    staging = tmp_path / "clips"
+    keys = {"a", "b", "c", "d"}
+    stage_samples(staging, {k: _clip(k) for k in sorted(keys)})
+    _pack(root, staging, keys)  # shards [a b] [c d]
+    opts = RunOptions(root=root.path, progress=False, batch_size=1)  # no batch-mates redone
+    config = _encode_config()
+    first = run_stage(EncodeLatentsStage, config, opts)
+    assert first["accepted"] == 4, first["rejects_by_reason"]
+    before = _latents(root)
+    assert {k.split("-")[0] for k in before} == keys
+
+    # a caption edit in b: the clips stage restages it, its shard is rewritten and a moves
+    shard_of = {r["key"]: r["shard"] for r in read_index(root.shards("sekai-real")).to_pylist()}
+    meta = json.loads((staging / "b.json").read_text())
+    meta["captions"] |= {"scene": "an edited scene", "event": "an edited event"}  # every task's
+    (staging / "b.json").write_text(json.dumps(meta))
+    assert _pack(root, staging, keys)["shards_rewritten"] == [shard_of["b"]]
+    moved = {r["key"]: r["shard"] for r in read_index(root.shards("sekai-real")).to_pylist()}
+    assert moved["a"] != shard_of["a"]
+    s = run_stage(EncodeLatentsStage, config, opts)  # not refused: a's input names no shard
+    assert s["this_run"]["processed"] == s["this_run"]["redone_changed"] == 1
+    after = _latents(root)
+    assert set(after) == set(before)
+    assert [k for k in before if after[k] != before[k]] == [k for k in before if k[0] == "b"]
+
+    # c gone from the clip index: its latents leave the manifest, the latent shards, staging
+    _pack(root, staging, keys - {"c"})
+    s = run_stage(EncodeLatentsStage, config, opts)
+    assert s["this_run"]["dropped"] == 1 and s["this_run"]["processed"] == 0
+    assert s["inputs"] == s["accepted"] == 3 and s["exit_code"] == 0
+    left = _latents(root)
+    assert left == {k: v for k, v in after.items() if k[0] != "c"}
+    index = pq.read_table(root.latents("sekai-real") / "latents.parquet").column("key")
+    assert sorted(index.to_pylist()) == sorted(left)
+    manifest = pq.read_table(root.manifest("encode_latents")).column("clip_key").to_pylist()
+    assert sorted(set(manifest)) == ["a", "b", "d"]
+    assert not list(root.staging("sekai-real", kind="latent").glob("c-*"))
+    assert run_stage(EncodeLatentsStage, config, opts)["this_run"]["processed"] == 0
+
+
+def _in_process(monkeypatch) -> None:
+    """Run the runner's batches in this process (a patched prompt table must reach them)."""
+
+    def local(stage, batches, opts, run):
+        worker = type(stage)(stage.config, DataRoot.at(stage.root))
+        worker.setup()
+        for batch in batches:
+            runner.process_batch(worker, batch, run)
+
+    monkeypatch.setattr(runner, "_run_on_ray", local)
+
+
+def test_recaption_follows_re_encoded_and_gone_clips_for_every_prompt_version(
+    tmp_path, monkeypatch
+):
+    import curation.recaption as rc
+    from curation.stages.recaption import RecaptionStage
+    from tests.test_recaption import _config
+
+    _in_process(monkeypatch)
+    monkeypatch.setitem(rc.PROMPTS, "event-v2", "Say what happens in the frames.")
+    root = DataRoot.at(tmp_path / "data")
+    staging = tmp_path / "clips"
+    keys = {"a", "b", "c"}
+    stage_samples(staging, {k: _clip(k) for k in sorted(keys)})
+    _pack(root, staging, keys)
+    opts = RunOptions(root=root.path, progress=False, batch_size=1)
+    v1 = _config(window_seconds=0.0)
+    v2 = dataclasses.replace(v1, prompt_version="event-v2")
+    assert run_stage(RecaptionStage, v1, opts)["accepted"] == 3
+    assert run_stage(RecaptionStage, v2, opts)["accepted"] == 6
+    out = root.shards("sekai-real-captioned")
+
+    # b re-encoded: both of its captions are made again; the captioned copy holds its new mp4
+    (staging / "b.mp4").write_bytes(_clip("b", level=4)["mp4"])
+    _pack(root, staging, keys)
+    s = run_stage(RecaptionStage, v2, opts)
+    assert s["this_run"]["processed"] == s["this_run"]["redone_changed"] == 2
+    assert s["datasets"]["sekai-real"]["rebuilt"]
+    source = {r["key"]: r["sha256"] for r in read_index(root.shards("sekai-real")).to_pylist()}
+    captioned = {r["key"]: r for r in read_index(out).to_pylist()}
+    assert all(captioned[k]["sha256"][captioned[k]["members"].index("mp4")]
+               == source[k][captioned[k]["members"].index("mp4")] for k in keys)  # fmt: skip
+
+    # c gone: its captions of both versions are dropped, and the captioned shards lose it
+    _pack(root, staging, keys - {"c"})
+    s = run_stage(RecaptionStage, v2, opts)
+    assert s["this_run"]["dropped"] == 2 and s["this_run"]["processed"] == 0
+    rows = pq.read_table(root.manifest("recaption")).to_pylist()
+    assert sorted((r["sample_key"], r["prompt_version"]) for r in rows) == [
+        ("a", "event-v1"), ("a", "event-v2"), ("b", "event-v1"), ("b", "event-v2"),
+    ]  # fmt: skip
+    assert sorted(read_index(out).column("key").to_pylist()) == ["a", "b"]
+    # a new sample gets the current version only: earlier ones never captioned it
+    stage_samples(staging, {"e": _clip("e")})
+    _pack(root, staging, {"a", "b", "e"})
+    s = run_stage(RecaptionStage, v2, opts)
+    assert s["this_run"]["processed"] == 1 and s["prompt_versions_recorded"] == {
+        "event-v1": 2, "event-v2": 3,
+    }  # fmt: skip
+
+
+def test_an_edited_caption_file_redoes_its_chunk(ray_local, tmp_path):
+    from curation.stages.dedup_captions import DedupCaptionsConfig, DedupCaptionsStage
+
+    csv = tmp_path / "OpenVid-a.csv"
+    write_sample_openvid(csv, rows=20, seed=1)
+    config = DedupCaptionsConfig(captions=[csv], embedder="tiny-random", n=10, chunk_size=8)
+    opts = RunOptions(root=tmp_path / "data", progress=False)
+    assert run_stage(DedupCaptionsStage, config, opts)["accepted"] == 3
+    with csv.open(newline="") as f:
+        header, *table = list(csvlib.reader(f))
+    table[10][header.index("caption")] = "A kayak drifts under a stone bridge at dawn."  # chunk 1
+    with csv.open("w", newline="") as f:  # every row rewritten: only row 10's text differs
+        csvlib.writer(f, quoting=csvlib.QUOTE_ALL).writerows([header, *table])
+    s = run_stage(DedupCaptionsStage, config, opts)
+    assert s["this_run"]["processed"] == s["this_run"]["redone_changed"] == 1
+    rows = pq.read_table(DataRoot.at(tmp_path / "data").manifest("dedup_captions")).to_pylist()
+    assert [r["caption"] for r in rows if r["row"] == 10] == [
+        "A kayak drifts under a stone bridge at dawn."
+    ]
+    assert len(rows) == 20
+
+
+def test_synth_score_and_select_drop_a_video_gone_upstream(ray_local, tmp_path):
+    from curation.stages.synth_generate import GENERATED_DATASET
+    from curation.stages.synth_score import SynthScoreConfig, SynthScoreStage
+    from curation.stages.synth_select import SynthSelectConfig, SynthSelectStage
+    from schemas.synth import GENERATED_SCHEMA
+    from tests.test_synth import _fake_generated
+
+    _fake_generated(tmp_path, ["static", "moving", "flickering"])
+    root = DataRoot.at(tmp_path / "data")
+    opts = RunOptions(root=root.path, progress=False, batch_size=1)
+    select = SynthSelectConfig(top_k=10, max_samples=1)
+    run_stage(SynthScoreStage, SynthScoreConfig(), opts)
+    assert run_stage(SynthSelectStage, select, opts)["selected"] == 3
+
+    # regenerated: its mp4 is rewritten, so it is scored and selected again
+    video = root.staging(GENERATED_DATASET) / "syn_moving.mp4"
+    _touch_later(video)
+    assert run_stage(SynthScoreStage, SynthScoreConfig(), opts)["this_run"]["redone_changed"] == 1
+    assert run_stage(SynthSelectStage, select, opts)["this_run"]["redone_changed"] == 1
+
+    # gone from synth_generate's table: gone from the scores, the selection and the shards
+    path = root.manifest("synth_generate")
+    rows = [r for r in pq.read_table(path).to_pylist() if r["key"] != "syn_flickering"]
+    write_table(pa.Table.from_pylist(rows, GENERATED_SCHEMA), path, GENERATED_SCHEMA)
+    s = run_stage(SynthScoreStage, SynthScoreConfig(), opts)
+    assert s["this_run"]["dropped"] == 1 and s["inputs"] == 2
+    s = run_stage(SynthSelectStage, select, opts)
+    assert s["this_run"]["dropped"] == 1 and s["selected"] == 2
+    assert sorted(read_index(root.shards("synthetic")).column("key").to_pylist()) == [
+        "syn_moving", "syn_static",
+    ]  # fmt: skip
+    assert not list(root.staging("synthetic").glob("syn_flickering.*"))
+
+
+@pytest.mark.slow
+def test_events_remakes_a_pair_whose_image_changed(ray_local, tmp_path):
+    from curation.stages.events import EventsConfig, EventsStage
+    from tests.test_events import EventsCase
+
+    images = tmp_path / "images"
+    write_sample_images(images, 2, size=(96, 40))
+    config = EventsConfig(images=images, **EventsCase.tiny)
+    root = DataRoot.at(tmp_path / "data")
+    opts = RunOptions(root=root.path, progress=False, batch_size=1)
+    assert run_stage(EventsStage, config, opts)["accepted"] == 2
+    image = str(images / "fpv_sample_0001.jpg")
+    key = next(r["key"] for r in pq.read_table(root.manifest("events")).to_pylist()
+               if r["image"] == image)  # fmt: skip
+    garbage(images / "fpv_sample_0001.jpg")  # replaced by something that is no image
+    s = run_stage(EventsStage, config, opts)
+    assert s["this_run"]["redone_changed"] == 1 and s["rejects_by_reason"] == {
+        "image_unreadable": 1
+    }
+    left = [r["key"] for r in pq.read_table(root.manifest("events")).to_pylist()]
+    assert len(left) == 1 and key not in left
+    assert not list(root.staging("event-generated").glob(f"{key}.*"))  # no video of the old one

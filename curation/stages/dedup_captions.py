@@ -5,7 +5,9 @@ Here:
 
 - ``discover`` reads each caption file (OpenVid-1M's CSV, whose column names hold spaces,
   or any CSV/parquet with an id and a caption column) and cuts it into chunks of
-  ``chunk_size`` rows; a chunk is one item, so a killed run resumes per chunk;
+  ``chunk_size`` rows; a chunk is one item, so a killed run resumes per chunk, and its
+  version is its ids and captions, so a rerun after the file was edited redoes the chunks
+  whose rows changed (the input ``<file>#rows<a>-<b>`` names no file to compare);
 - ``process`` embeds a chunk's captions on an actor that loads the embedder once
   (``model.backends.load("embedder", ...)``: MiniLM by default), batched; rows go to
   ``manifests/dedup_captions.parquet`` with their L2-normalised embedding;
@@ -133,6 +135,8 @@ class DedupCaptionsStage(Stage[DedupCaptionsConfig]):
     config_cls = DedupCaptionsConfig
     tables = {"dedup_captions": CAPTION_EMBEDDINGS_SCHEMA}
     sort_by = {"dedup_captions": ["source", "row"]}
+    # what a chunk's rows are made from: an edited caption or id redoes its chunk only
+    version_fields = ("ids", "captions")
 
     @property
     def resources(self) -> Resources:  # type: ignore[override]

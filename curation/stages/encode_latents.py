@@ -8,15 +8,25 @@ frame counts and size), encoded by the VAE and the text encoder (loaded once per
 ``finalize`` packs them into ``latents/<dataset>/`` with the one shard writer and writes
 ``latents/<dataset>/latents.parquet`` for the trainer. A clip with no window at all is a
 ``no_window`` reject.
+
+An item is a clip of the index (``<shards folder>/<clip key>``, whichever shard holds it),
+its version the index's sha256 of each member: a clips rerun that repacks shards moves
+samples without redoing them, a changed clip (a caption edit, a re-encode) is redone, and
+a clip gone from the index drops its latents, down to the latent shards. A shard gone from
+disk is ``missing_shard``; one that does not read as a tar, or whose member bytes differ
+from the index, ``unreadable_shard``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import random
+import re
+import tarfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +38,16 @@ from curation.dataroot import check_name
 from curation.manifest import atomic_write_bytes, write_table
 from curation.provenance import provenance
 from curation.shard_reader import make_window
-from curation.shards import LATENT_SAMPLE, iter_shard, read_index, write_shards_from_dir
-from curation.stages.base import Outcome, Reject, Resources, Result, Stage, unexpected
+from curation.shards import LATENT_SAMPLE, ShardError, iter_shard, read_index, write_shards_from_dir
+from curation.stages.base import (
+    Outcome,
+    Reject,
+    Resources,
+    Result,
+    Stage,
+    raise_if_fatal,
+    unexpected,
+)
 from schemas.latents import (
     LATENT_INDEX_SCHEMA,
     LATENT_SCHEMA_VERSION,
@@ -68,6 +86,43 @@ class EncodeLatentsConfig:
             raise ValueError("pred_latent_frames, max_history_latent_frames, windows_per_clip >= 1")
 
 
+# what reading a damaged shard raises: a bad tar, a bad member name, a cut-off file
+SHARD_READ_ERRORS = (tarfile.TarError, ShardError, EOFError, OSError)
+
+# a latent sample's key: its clip's key, the task and the window number
+_LATENT_KEY = re.compile(rf"(?P<clip>.+)-(?:{'|'.join(TASKS)})-\d+")
+
+
+def shard_samples(
+    shard: str, keys: Collection[str], exts: Collection[str] | None = None
+) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """The samples ``keys`` of one clip shard, in shard order (only ``exts`` when given).
+
+    Raises Reject, for the keys not yet given: ``missing_shard`` when the shard the index
+    names is not on disk, ``unreadable_shard`` when it does not read as a tar or breaks off.
+    """
+    if not Path(shard).is_file():
+        raise Reject("missing_shard", f"{shard} is named by the index but is not on disk")
+    try:
+        for key, members in iter_shard(shard, exts):
+            if key in keys:
+                yield key, members
+    except SHARD_READ_ERRORS as e:
+        raise_if_fatal(e)
+        what = f"{type(e).__name__}: {str(e)[:200]}"
+        raise Reject("unreadable_shard", f"{Path(shard).name} does not read: {what}") from e
+
+
+def check_members(shard: str, key: str, members: dict[str, bytes], digests: dict) -> None:
+    """Raise ``unreadable_shard`` when a member of ``digests`` (ext -> the index's sha256)
+    is missing from ``members`` or holds other bytes: the shard is damaged or replaced."""
+    for ext, want in sorted(digests.items()):
+        data = members.get(ext)
+        if data is None or hashlib.sha256(data).hexdigest() != want:
+            state = "is missing" if data is None else "differs from its index sha256"
+            raise Reject("unreadable_shard", f"{key}.{ext} in {Path(shard).name} {state}")
+
+
 def _tensor_bytes(t) -> bytes:
     import torch
 
@@ -82,13 +137,18 @@ class EncodeLatentsStage(Stage[EncodeLatentsConfig]):
     Reads shards/<dataset>/ under --root, writes latents/<dataset>/ (shards, index, stats,
     latents.parquet), manifests/encode_latents.parquet (one row per latent sample), its
     rejects and reports/encode_latents.json. One actor per model copy (--workers, --gpus).
-    Rerunning resumes; latents made with another geometry or encoder are refused.
+    Rerunning resumes and redoes only the clips whose bytes changed (a clip gone from the
+    clip index drops its latents); latents made with another geometry or encoder are refused.
     """
 
     name = "encode_latents"
     config_cls = EncodeLatentsConfig
     tables = {"encode_latents": LATENTS_MANIFEST_SCHEMA}
     sort_by = {"encode_latents": ["dataset", "key"]}
+    # a clip's latents are made from its bytes (the index's member digests); a clip the
+    # index no longer holds is dropped, down to the latent shards
+    version_fields = ("clip",)
+    drops_missing = True
 
     @property
     def resources(self) -> Resources:  # type: ignore[override]
@@ -113,16 +173,30 @@ class EncodeLatentsStage(Stage[EncodeLatentsConfig]):
                 raise FileNotFoundError(f"no clip shards in {folder}: run `yume-data clips` first")
             for tmp in self.staging(dataset).glob(".*.tmp"):  # a killed run's temporaries
                 tmp.unlink(missing_ok=True)
-            rows = read_index(folder).select(["key", "shard"]).to_pylist()
-            for r in sorted(rows, key=lambda r: (r["shard"], r["key"])):
-                shard = str(folder / r["shard"])
+            rows = read_index(folder).select(["key", "shard", "members", "sha256"]).to_pylist()
+            for r in sorted(rows, key=lambda r: (r["shard"], r["key"])):  # a shard read once
                 yield {
                     "key": f"{dataset}/{r['key']}",
-                    "input": f"{shard}:{r['key']}",
+                    "input": str(folder / r["key"]),  # not the shard: repacking moves clips
                     "dataset": dataset,
-                    "shard": shard,
+                    "shard": str(folder / r["shard"]),
                     "clip_key": r["key"],
+                    "clip": dict(zip(r["members"], r["sha256"], strict=True)),
                 }
+
+    def forget(self, keys: set[str]) -> None:
+        """Delete the staged latents of the clips ``keys``: a redone clip may give fewer
+        windows, a dropped one none, and neither may be packed from old files."""
+        clips: dict[str, set[str]] = {}
+        for key in keys:
+            dataset, clip = key.split("/", 1)
+            clips.setdefault(dataset, set()).add(clip)
+        for dataset, names in clips.items():
+            staging = self.staging(dataset)
+            for path in staging.iterdir() if staging.is_dir() else []:
+                m = _LATENT_KEY.fullmatch(path.name.split(".", 1)[0])
+                if m and m["clip"] in names:
+                    path.unlink(missing_ok=True)
 
     def setup(self) -> None:
         import torch
@@ -146,20 +220,20 @@ class EncodeLatentsStage(Stage[EncodeLatentsConfig]):
         for shard, items in by_shard.items():
             wanted = {it["clip_key"]: it for it in items}
             try:
-                for key, members in iter_shard(shard):
-                    it = wanted.get(key)
-                    if it is None:
-                        continue
+                for key, members in shard_samples(shard, wanted):
+                    it = wanted[key]
                     try:
+                        check_members(shard, key, members, it["clip"])
                         rows += self._encode_clip(it, {"__key__": key, **members})
                         outcomes[it["key"]] = Outcome.done(it)
                     except Reject as e:
                         outcomes[it["key"]] = Outcome.rejected(it, e.reason, e.detail)
-                    except Exception as e:  # one bad clip never ends the job
+                    except Exception as e:  # one bad clip never ends the job (a full disk does)
+                        raise_if_fatal(e, it)
                         outcomes[it["key"]] = unexpected(it, e)
-            except Exception as e:  # an unreadable shard rejects its clips not yet seen
+            except Reject as e:  # the shard is gone or broke off: its clips not yet seen
                 for it in items:
-                    outcomes.setdefault(it["key"], unexpected(it, e))
+                    outcomes.setdefault(it["key"], Outcome.rejected(it, e.reason, e.detail))
             for it in items:
                 detail = f"{it['clip_key']} is in the index but not in {shard}"
                 outcomes.setdefault(it["key"], Outcome.rejected(it, "missing_sample", detail))
@@ -248,7 +322,7 @@ class EncodeLatentsStage(Stage[EncodeLatentsConfig]):
                 packed = write_shards_from_dir(
                     staging, folder, dataset, max_samples=self.config.max_samples,
                     rejects_path=self.root.rejects(f"shards-latents-{dataset}"),
-                    kind=LATENT_SAMPLE,
+                    kind=LATENT_SAMPLE, keys={r["key"] for r in mine},
                 )  # fmt: skip
             shard_of = {}
             if folder.is_dir():

@@ -7,7 +7,9 @@ Wan2.2-I2V-A14B; people then screened them (``yume-data screening``, not this st
 One item per (image, description) pair (``curation.events.pair_events``: ``--per-image N``
 descriptions per image, categories in a seeded rotation), keyed by the image's path in the
 folder and the description, so the run resumes per pair and a rerun with more images (or a
-larger ``--per-image``) only adds pairs. An actor per model copy (``--gpus 1``: one per GPU)
+larger ``--per-image``) only adds pairs; a pair whose image file changed since is made again
+(its input ``<image>#<description id>`` names no file, so the image is a ``files`` version
+field; the description is its id, a hash of the text). An actor per model copy (``--gpus 1``: one per GPU)
 loads the pipeline and the scorer once in ``setup``. Per pair: the image is checked (bad
 ones are rejects: ``image_unreadable``, ``image_too_small``, ``image_not_rgb``), the output
 size is snapped to the image's aspect within ``--max-area`` (multiples of 16), the image is
@@ -139,6 +141,7 @@ class EventsStage(Stage[EventsConfig]):
     config_cls = EventsConfig
     tables = {"events": EVENTS_SCHEMA, "event_scores": SCORES_SCHEMA}
     sort_by = {"event_scores": ["video", "dimension"]}
+    version_fields = ("files",)  # the image; the description text is in the key already
 
     @property
     def resources(self) -> Resources:  # type: ignore[override]
@@ -176,7 +179,15 @@ class EventsStage(Stage[EventsConfig]):
             pair_id = f"{name}#{d.id}"
             image = folder / name
             yield {"key": pair_key(pair_id), "input": f"{image}#{d.id}", "pair_id": pair_id,
-                   "image": str(image), "category": d.category, "text": d.text}  # fmt: skip
+                   "image": str(image), "files": [str(image)], "category": d.category,
+                   "text": d.text}  # fmt: skip
+
+    def forget(self, keys: set[str]) -> None:
+        """Delete the staged files of ``keys`` (their image changed): the pair is made
+        afresh, and a redo that rejects the new image leaves no video of the old one."""
+        for path in self.staging.iterdir() if self.staging.is_dir() else []:
+            if path.name.split(".", 1)[0] in keys:
+                path.unlink(missing_ok=True)
 
     def setup(self) -> None:
         from model.backends import load

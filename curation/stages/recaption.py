@@ -5,7 +5,12 @@ One item per (sample, caption window, prompt version), keyed
 ``<dataset>/<sample>/w<window>/<version>``: resuming skips exactly the captions done, and a
 new prompt version adds items beside the earlier ones (which stay in the manifest). Windows
 come from the index (frames, fps) at discovery; a window with fewer than ``min_frames``
-frames is a ``too_few_frames`` reject without decoding anything.
+frames is a ``too_few_frames`` reject without decoding anything. An item's input names the
+sample, not its shard (``<shards folder>/<sample>#w<window>``), and its version is the
+window and the index's sha256 of the mp4: a clips rerun that repacks shards redoes nothing,
+a re-encoded clip is captioned again (with each recorded prompt version), and a sample gone
+from the index drops its captions. A shard gone from disk is ``missing_shard``, one that
+does not read (or whose mp4 differs from the index) ``unreadable_shard``.
 
 In a worker (an actor holding the captioner backend): each shard of the batch is read
 once, each clip decoded once, at tile size, and only at the frames its windows show
@@ -21,8 +26,9 @@ with the next seed, else the item is rejected with the reason.
 caption of the current prompt version, its json carrying ``captions.event_windows`` (and
 ``captions.event``, the first window's), other members copied byte for byte, through the
 one shard writer. Source shards are never touched. When samples already written would now
-read differently (a new prompt version, a retried window), the captioned dataset is rebuilt
-beside the old one and swapped in; otherwise new samples are appended.
+read differently (a new prompt version, a retried window, a member changed or gone in the
+source), the captioned dataset is rebuilt beside the old one and swapped in; otherwise new
+samples are appended.
 """
 
 from __future__ import annotations
@@ -56,6 +62,8 @@ from curation.recaption import (
 )
 from curation.shards import iter_shard, read_index, write_shards
 from curation.stages.base import Outcome, Reject, Resources, Result, Stage, unexpected
+from curation.stages.encode_latents import check_members, shard_samples
+from curation.stages.parts import read_status
 from schemas.recaption import RECAPTION_SCHEMA
 
 TINY_MIN_CHARS = 8  # tiny-random's length floor: its random bytes decode to fewer chars
@@ -175,6 +183,10 @@ class RecaptionStage(Stage[RecaptionConfig]):
     config_cls = RecaptionConfig
     tables = {"recaption": RECAPTION_SCHEMA}
     sort_by = {"recaption": ["key"]}
+    # a caption is made from its window of the clip's mp4; a sample the index no longer
+    # holds drops its captions
+    version_fields = ("window", "clip")
+    drops_missing = True
 
     @property
     def resources(self) -> Resources:  # type: ignore[override]
@@ -193,31 +205,50 @@ class RecaptionStage(Stage[RecaptionConfig]):
         return {"captioner": self.config.captioner, "prompt_version": self.config.prompt_version}
 
     # -- discovery ----------------------------------------------------------------------------
+    def _recorded(self) -> set[str]:
+        """Keys of earlier prompt versions this root holds a status for (not dropped)."""
+        status = read_status(self.root.parts(self.name)).select(["key", "status"]).to_pylist()
+        current = f"/{self.config.prompt_version}"
+        return {r["key"] for r in status
+                if r["status"] != "dropped" and not r["key"].endswith(current)}  # fmt: skip
+
     def discover(self) -> Iterator[dict]:
-        cfg, version = self.config, self.config.prompt_version
+        """Every window of every indexed sample for the current prompt version, and for each
+        earlier version whose caption of it is recorded: those are kept, redone when their
+        clip changed, or dropped with it, never added for samples they never captioned."""
+        cfg = self.config
+        recorded = self._recorded()
+        versions = sorted({k.rsplit("/", 1)[1] for k in recorded} | {cfg.prompt_version})
+        columns = ["key", "shard", "frames", "fps", "members", "sha256"]
         for dataset in cfg.datasets:
             folder = self.root.shards(dataset)
             if not folder.is_dir():
                 raise FileNotFoundError(f"no shards in {folder}: run `yume-data clips` first")
-            rows = read_index(folder).select(["key", "shard", "frames", "fps"]).to_pylist()
+            rows = read_index(folder).select(columns).to_pylist()
             for r in sorted(rows, key=lambda r: (r["shard"], r["key"])):
-                shard = str(folder / r["shard"])
+                mp4 = dict(zip(r["members"], r["sha256"], strict=True)).get("mp4")
                 for w in caption_windows(r["frames"], r["fps"], cfg.window_seconds):
-                    item = {
-                        "key": f"{dataset}/{r['key']}/w{w.index}/{version}",
-                        "input": f"{shard}:{r['key']}#w{w.index}",
-                        "dataset": dataset,
-                        "shard": shard,
-                        "sample": r["key"],
-                        "window": [w.index, w.start, w.end],
-                    }
-                    if w.frames < cfg.min_frames:
-                        item["reject"] = (
-                            "too_few_frames",
-                            f"window {w.start}..{w.end} has {w.frames} frames, "
-                            f"want at least {cfg.min_frames}",
-                        )
-                    yield item
+                    for version in versions:
+                        key = f"{dataset}/{r['key']}/w{w.index}/{version}"
+                        if version != cfg.prompt_version and key not in recorded:
+                            continue
+                        item = {
+                            "key": key,
+                            "input": f"{folder / r['key']}#w{w.index}",
+                            "dataset": dataset,
+                            "shard": str(folder / r["shard"]),
+                            "sample": r["key"],
+                            "window": [w.index, w.start, w.end],
+                            "prompt_version": version,
+                            "clip": {"mp4": mp4},
+                        }
+                        if w.frames < cfg.min_frames:
+                            item["reject"] = (
+                                "too_few_frames",
+                                f"window {w.start}..{w.end} has {w.frames} frames, "
+                                f"want at least {cfg.min_frames}",
+                            )
+                        yield item
 
     # -- work ---------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -268,18 +299,27 @@ class RecaptionStage(Stage[RecaptionConfig]):
         rows: list[dict] = []
         by_shard: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
         for it in batch:
-            by_shard[it["shard"]][it["sample"]].append(it)
+            if it["prompt_version"] in PROMPTS:
+                by_shard[it["shard"]][it["sample"]].append(it)
+            else:  # an earlier version redone (its clip changed) whose prompt is gone
+                detail = f"prompt version {it['prompt_version']!r} is not one of {list(PROMPTS)}"
+                outcomes[it["key"]] = Outcome.rejected(it, "unknown_prompt_version", detail)
         preps = {}
         for shard, samples in by_shard.items():
             try:
-                for key, members in iter_shard(shard, exts=("mp4",)):
-                    if key in samples:
-                        fut = self.prep.submit(self._prepare, members.get("mp4", b""), samples[key])
-                        preps[fut] = samples.pop(key)
-            except Exception as e:  # an unreadable shard rejects its samples not yet read
+                for key, members in shard_samples(shard, samples, exts=("mp4",)):
+                    items = samples.pop(key)
+                    try:
+                        check_members(shard, key, members, items[0]["clip"])
+                    except Reject as e:
+                        for it in items:
+                            outcomes[it["key"]] = Outcome.rejected(it, e.reason, e.detail)
+                        continue
+                    preps[self.prep.submit(self._prepare, members["mp4"], items)] = items
+            except Reject as e:  # the shard is gone or broke off: its samples not yet read
                 for items in samples.values():
                     for it in items:
-                        outcomes[it["key"]] = unexpected(it, e)
+                        outcomes[it["key"]] = Outcome.rejected(it, e.reason, e.detail)
                 samples.clear()
             for items in samples.values():
                 for it in items:
@@ -318,10 +358,9 @@ class RecaptionStage(Stage[RecaptionConfig]):
         return Result([outcomes[it["key"]] for it in batch], {"recaption": rows})
 
     def _start(self, it, payload, shown, prep_s, attempt: int) -> dict:
-        sample, window = it["sample"], it["window"][0]
-        seed = window_seed(self.config.seed, sample, window, self.config.prompt_version)
-        seed += attempt - 1
-        prompt = build_prompt(len(shown), self.config.prompt_version)
+        sample, window, version = it["sample"], it["window"][0], it["prompt_version"]
+        seed = window_seed(self.config.seed, sample, window, version) + attempt - 1
+        prompt = build_prompt(len(shown), version)
         future = self.backend.submit(payload, prompt, seed)
         return {"args": (it, payload, shown, prep_s), "future": future, "seed": seed,
                 "attempt": attempt}  # fmt: skip
@@ -349,7 +388,7 @@ class RecaptionStage(Stage[RecaptionConfig]):
                 "frame_start": start,
                 "frame_end": end,
                 "frames_shown": shown,
-                "prompt_version": self.config.prompt_version,
+                "prompt_version": it["prompt_version"],
                 "model": b.model_id,
                 "backend": b.family,
                 "tiny_random": bool(b.tiny_random),
@@ -448,18 +487,22 @@ class RecaptionStage(Stage[RecaptionConfig]):
         src = self.root.shards(dataset)
         name = self.output_name(dataset)
         out = self.root.shards(name)
-        index = read_index(src).select(["key", "shard"]).to_pylist() if src.is_dir() else []
+        index = read_index(src).select(["key", "shard", "members", "sha256"]).to_pylist()
         shards = sorted({r["shard"] for r in index if r["key"] in mine})
         wanted: dict[str, bytes] = {}  # key -> the captioned json
         for shard in shards:
             for key, members in iter_shard(src / shard, exts=("json",)):
                 if key in mine:
                     wanted[key] = self._captioned_json(json.loads(members["json"]), mine[key])
+        # the digests a captioned copy would hold now (the source's members, the new json): a
+        # sample written with other bytes (a re-encoded mp4, an edited json) is stale
+        source = {r["key"]: dict(zip(r["members"], r["sha256"], strict=True)) for r in index}
+        digests = {k: source[k] | {"json": hashlib.sha256(v).hexdigest()}
+                   for k, v in wanted.items()}  # fmt: skip
         have = {}
         if out.is_dir():
-            old = read_index(out).to_pylist()
-            have = {r["key"]: r["sha256"][r["members"].index("json")] for r in old}
-        digests = {k: hashlib.sha256(v).hexdigest() for k, v in wanted.items()}
+            have = {r["key"]: dict(zip(r["members"], r["sha256"], strict=True))
+                    for r in read_index(out).to_pylist()}  # fmt: skip
         stale = sorted(k for k, d in have.items() if digests.get(k) != d)
         target = out
         if stale:  # rebuild beside the old dataset, then swap it in

@@ -114,6 +114,9 @@ class SynthGenerateStage(Stage[SynthGenerateConfig]):
     name = "synth_generate"
     config_cls = SynthGenerateConfig
     tables = {"synth_generate": GENERATED_SCHEMA}
+    # the input (``file:row``, ``captions_kept:id``) names no file: a prompt edited under
+    # the same id is generated again through its text
+    version_fields = ("prompt",)
 
     @property
     def resources(self) -> Resources:  # type: ignore[override]

@@ -61,13 +61,17 @@ class SynthScoreStage(Stage[SynthScoreConfig]):
 
     Reads manifests/synth_generate.parquet under --root; writes manifests/scores.parquet
     (long: video, dimension, score, backend, version), manifests/synth_score.parquet (total
-    per video), rejects and reports/synth_score.json. Rerunning resumes per video.
+    per video), rejects and reports/synth_score.json. Rerunning resumes per video, scores a
+    rewritten mp4 again and drops the scores of videos synth_generate no longer lists.
     """
 
     name = "synth_score"
     config_cls = SynthScoreConfig
     tables = {"synth_score": SCORED_SCHEMA, "scores": SCORES_SCHEMA}
     sort_by = {"scores": ["video", "dimension"]}
+    # the input is the mp4 itself (a regenerated video is scored again); a video that
+    # synth_generate's table no longer holds drops its scores
+    drops_missing = True
 
     @property
     def resources(self) -> Resources:  # type: ignore[override]

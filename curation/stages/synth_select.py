@@ -3,13 +3,16 @@
 Yume-1.5 kept the best 50,000 of 80,000 generated videos by VBench. ``discover`` ranks
 every scored video of ``manifests/synth_score.parquet`` by total (descending, ties by key;
 ``curation.scores.top_k``): the first K are items, the rest are rejected ``below_top_k``
-with their rank. ``process`` stages each selected video as a clip sample (source
-``synthetic``, task ``t2v``, its scores and prompt) under ``clips/synthetic/``;
-``finalize`` packs them through the one shard writer into ``shards/synthetic/`` and plots
-the score distribution with the cut line.
+with their rank. ``process`` probes each selected video (one that does not open as a video
+of the frames synth_generate recorded is rejected with the reason) and stages it as a clip
+sample (source ``synthetic``, task ``t2v``, its scores and prompt) under
+``clips/synthetic/``; ``finalize`` packs them through the one shard writer into
+``shards/synthetic/`` and plots the score distribution with the cut line.
 
-The ranking is made when the stage runs: scores added later (or another K) need
-``--overwrite``, since a sample already in a shard is never taken out.
+A selected video's version is its mp4, its synth_generate row and its scores: a rerun
+redoes a regenerated or rescored video, and drops (down to the shards) a video that
+synth_score no longer holds. The ranking itself is made when the stage runs: a video that
+later scores push below the cut stays selected until ``--overwrite`` (the report says so).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from curation.scores import top_k
 from curation.shards import write_shards_from_dir
 from curation.stages.base import Reject, Resources, Stage
 from curation.stages.synth_generate import GENERATED_DATASET
+from curation.video import SourceVideo
 from schemas.common import SchemaError
 from schemas.sample import SAMPLE_SCHEMA_VERSION, validate_sample
 from schemas.synth import GENERATED_SCHEMA, SCORED_SCHEMA, SCORES_SCHEMA, SELECTED_SCHEMA
@@ -56,6 +60,19 @@ class SynthSelectConfig:
             raise ValueError("top_k >= 0")
 
 
+def probe(mp4: Path, frames: int) -> None:
+    """Reject a video that does not open (``empty_video``, ``not_a_video``,
+    ``truncated_video``, ``no_video_stream``) or holds other than ``frames`` frames
+    (``frame_count_mismatch``): it would pass into the shards and fail only in training."""
+    video = SourceVideo(mp4)  # reads the packets' timestamps only, decodes nothing
+    video.container.close()
+    if video.num_frames != frames:
+        raise Reject(
+            "frame_count_mismatch",
+            f"{mp4.name} has {video.num_frames} frames, synth_generate recorded {frames}",
+        )
+
+
 class SynthSelectStage(Stage[SynthSelectConfig]):
     """Keep the top --top-k scored synthetic videos and pack them into shards/synthetic.
 
@@ -70,6 +87,10 @@ class SynthSelectStage(Stage[SynthSelectConfig]):
     resources = Resources(cpus=1, batch_size=16)
     tables = {"synth_select": SELECTED_SCHEMA}
     sort_by = {"synth_select": ["rank", "key"]}
+    # what a sample is made from besides its mp4 (its rank is not: a video added above
+    # it must not redo it); a video synth_score no longer holds is dropped
+    version_fields = ("generated", "scores", "total")
+    drops_missing = True
 
     @property
     def staging(self) -> Path:
@@ -115,6 +136,13 @@ class SynthSelectStage(Stage[SynthSelectConfig]):
                 item["reject"] = (BELOW, f"rank {rank} of {n}, total {t:.6f} < cut {cut:.6f}")
             yield item
 
+    def forget(self, keys: set[str]) -> None:
+        """Delete the staged files of ``keys``: a redone video is staged afresh, a dropped
+        one is not packed again."""
+        for path in self.staging.iterdir() if self.staging.is_dir() else []:
+            if path.name.split(".", 1)[0] in keys:
+                path.unlink(missing_ok=True)
+
     def setup(self) -> None:
         self.staging.mkdir(parents=True, exist_ok=True)
         self.code_version = code_version()  # inputs travel in the items: workers are reused
@@ -124,6 +152,7 @@ class SynthSelectStage(Stage[SynthSelectConfig]):
         g = item["generated"]
         if g is None or not mp4.is_file():
             raise Reject("missing_video", f"{mp4} not found")
+        probe(mp4, g["frames"])
         meta = {
             "schema_version": SAMPLE_SCHEMA_VERSION, "key": item["key"], "source": "synthetic",
             "tasks": ["t2v"], "fps": g["fps"], "frames": g["frames"], "width": g["width"],
@@ -157,10 +186,12 @@ class SynthSelectStage(Stage[SynthSelectConfig]):
         totals = np.array([t for _, _, t, _ in ranking], float)
         cut = min((r["total"] for r in selected), default=None)
         shards = None
-        if cfg.shards and self.staging.is_dir() and selected:
+        folder = self.root.shards(cfg.dataset)
+        if cfg.shards and self.staging.is_dir() and (selected or folder.is_dir()):
             shards = write_shards_from_dir(
-                self.staging, self.root.shards(cfg.dataset), cfg.dataset,
-                max_samples=cfg.max_samples, rejects_path=self.root.rejects(f"shards-{cfg.dataset}"),
+                self.staging, folder, cfg.dataset, max_samples=cfg.max_samples,
+                rejects_path=self.root.rejects(f"shards-{cfg.dataset}"),
+                keys={r["key"] for r in selected},
             )  # fmt: skip
             shards.pop("rejects", None)
         plot = None
