@@ -8,6 +8,8 @@ from typing import Any
 
 from curation.config import from_dict, option
 
+PARALLEL = ("auto", "fsdp", "ddp")  # TrainConfig.parallel
+
 
 @dataclass
 class RunConfig:
@@ -91,12 +93,22 @@ class TrainConfig(RunConfig):
     # ---- distribution (Ray Train); 1 worker = plain single process -----------------------
     workers: int = option(1, "Ray Train workers (1: a plain single process).")
     gpus_per_worker: float = option(0.0, "GPUs per Ray Train worker.")
+    # fsdp: each rank holds and checkpoints a shard of weights, optimiser and EMA (any device,
+    # gloo on CPU); ddp: every rank a whole copy, rank 0 writes it; auto: fsdp on CUDA only
+    parallel: str = option(
+        "auto", "Several workers: fsdp, ddp or auto (fsdp on CUDA, ddp on CPU).", cli=False,
+        choices=PARALLEL,
+    )  # fmt: skip
 
     # fields a resumed run may change; any other difference from the checkpoint is refused
     RESUMABLE_CHANGES = frozenset(
-        {"steps", "out_dir", "data_root", "workers", "gpus_per_worker", "log_every",
+        {"steps", "out_dir", "data_root", "workers", "gpus_per_worker", "parallel", "log_every",
          "ckpt_every", "val_every", "keep_checkpoints", "max_damaged_share"}
     )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if self.parallel not in PARALLEL:  # from_dict checks it too; this also covers code
+            raise ValueError(f"parallel {self.parallel!r}: choose one of {', '.join(PARALLEL)}")
 
     @property
     def tiny_random(self) -> bool:

@@ -1,23 +1,26 @@
 """Single process by default; several workers through Ray Train from the same entry point.
 
 Inside a Ray Train worker ``torch.distributed`` is already initialised (NCCL on GPUs, gloo on
-CPU). The model is then sharded with FSDP (``fully_shard`` per DiT block, then the root) on
-GPUs, or wrapped in DDP on CPU, where FSDP brings nothing. Checkpoints always hold full
-(unsharded) state dicts, so a run can resume with another number of workers.
+CPU). ``TrainConfig.parallel`` picks how the model is spread: ``fsdp`` shards it
+(``fully_shard`` per DiT block, then the root; on CPU too, over gloo), ``ddp`` replicates
+it, ``auto`` is FSDP on GPUs and DDP on CPU. A sharded run's checkpoints hold each rank's
+shards (``training.sharded_checkpoint``), a replicated run's the full state dicts on rank 0;
+both resume with another number of workers.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from training.config import TrainConfig
+from training import sharded_checkpoint
+from training.config import PARALLEL, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -32,29 +35,40 @@ class DistContext:
         return self.rank == 0
 
 
-def context() -> DistContext:
-    """This process's place in the run (rank 0 of 1 when not distributed)."""
+def context(parallel: str = "auto") -> DistContext:
+    """This process's place in the run (rank 0 of 1 when not distributed); ``fsdp`` says
+    whether the model is sharded (``parallel``: see ``TrainConfig.parallel``)."""
+    if parallel not in PARALLEL:
+        raise ValueError(f"parallel {parallel!r}: choose one of {', '.join(PARALLEL)}")
     if torch.cuda.is_available():
         local = torch.cuda.current_device()
         device = torch.device("cuda", local)
     else:
         device = torch.device("cpu")
-    if not (dist.is_available() and dist.is_initialized()):
+    if not (dist.is_available() and dist.is_initialized()) or (
+        dist.get_world_size() == 1 and parallel != "fsdp"  # an explicit fsdp shards one rank too
+    ):
         return DistContext(0, 1, device, fsdp=False)
-    return DistContext(dist.get_rank(), dist.get_world_size(), device, fsdp=device.type == "cuda")
+    fsdp = parallel == "fsdp" or (parallel == "auto" and device.type == "cuda")
+    return DistContext(dist.get_rank(), dist.get_world_size(), device, fsdp=fsdp)
 
 
 def wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
-    """FSDP on GPUs, DDP on CPU, the model itself in a single process."""
-    if ctx.world_size == 1:
+    """FSDP or DDP as ``ctx`` says, the model itself in a single process."""
+    if ctx.world_size == 1 and not ctx.fsdp:
         return model
     if ctx.fsdp:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        # bf16 compute on GPUs; on CPU float32 throughout, as a single CPU process trains
+        kw = {}
+        if ctx.device.type == "cuda":
+            kw["mp_policy"] = MixedPrecisionPolicy(
+                param_dtype=torch.bfloat16, reduce_dtype=torch.float32
+            )
         for block in model.blocks:
-            fully_shard(block, mp_policy=mp)
-        return fully_shard(model, mp_policy=mp)
+            fully_shard(block, **kw)
+        return fully_shard(model, **kw)
     # T2V steps leave the history-only parameters (channel-compression patchify) unused
     return nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
 
@@ -72,31 +86,58 @@ def unwrap(model: nn.Module) -> nn.Module:
 def model_optimizer_state(
     model: nn.Module, opt: torch.optim.Optimizer, ctx: DistContext
 ) -> tuple[dict, dict]:
-    """Full state dicts of model and optimiser (a collective call when distributed)."""
-    if ctx.world_size == 1:
+    """State dicts of model and optimiser: under FSDP each rank's shards (DTensors, nothing
+    gathered), else full ones (a collective call under DDP)."""
+    if ctx.world_size == 1 and not ctx.fsdp:
         return model.state_dict(), opt.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    opts = StateDictOptions(full_state_dict=not ctx.fsdp, cpu_offload=not ctx.fsdp)
     return get_state_dict(unwrap(model), opt, options=opts)
 
 
 def load_model_optimizer_state(
     model: nn.Module, opt: torch.optim.Optimizer, model_sd: dict, opt_sd: dict, ctx: DistContext
 ) -> None:
-    if ctx.world_size == 1:
+    """Load full state dicts, or under FSDP cut each rank's shards out of full tensors or
+    ``SavedTensor``s (a checkpoint of any world size); optimiser state keyed by name."""
+    if ctx.world_size == 1 and not ctx.fsdp:
         model.load_state_dict(model_sd)
         opt.load_state_dict(opt_sd)
         return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        set_state_dict,
+    )
 
+    if ctx.fsdp:
+        like = get_model_state_dict(unwrap(model))
+        missing = sorted(set(like) - set(model_sd))
+        if missing:
+            raise ValueError(f"checkpoint lacks model tensors {missing[:3]}")
+        model_sd = {n: shard_like(model_sd[n], t, n) for n, t in like.items()}
+        opt_sd = dict(opt_sd) | {
+            "state": {
+                n: {
+                    k: shard_like(v, like[n], f"{n}/{k}") if _param_shaped(v, like[n]) else v
+                    for k, v in s.items()
+                }  # fmt: skip
+                for n, s in opt_sd["state"].items()
+            }
+        }
     set_state_dict(
         unwrap(model),
         opt,
         model_state_dict=model_sd,
         optim_state_dict=opt_sd,
-        options=StateDictOptions(full_state_dict=True),
+        options=StateDictOptions(full_state_dict=not ctx.fsdp),
     )
+
+
+def _param_shaped(v: Any, param: torch.Tensor) -> bool:
+    """Optimiser state laid out like its parameter (AdamW's moments; not its step count)."""
+    return hasattr(v, "shape") and tuple(v.shape) == tuple(param.shape)
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -104,13 +145,28 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor().cpu() if hasattr(t, "full_tensor") else t.cpu()
 
 
-def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Cut a full tensor the way ``like`` (maybe an FSDP DTensor) is sharded."""
-    if hasattr(like, "device_mesh"):
-        from torch.distributed.tensor import distribute_tensor
+def shard_like(saved: Any, like: torch.Tensor, name: str = "tensor") -> torch.Tensor:
+    """This rank's part of ``saved`` (a full tensor or a ``SavedTensor``) laid out as
+    ``like`` is (a DTensor shard under FSDP; else the whole tensor). Reads only the rank's
+    box; no collective."""
+    if tuple(saved.shape) != tuple(like.shape):
+        raise ValueError(
+            f"checkpoint {name} has shape {tuple(saved.shape)}, the model {tuple(like.shape)}"
+        )
+    if not hasattr(like, "device_mesh"):
+        return sharded_checkpoint.full(saved)
+    from torch.distributed.tensor import DTensor
 
-        return distribute_tensor(full.to(like.device), like.device_mesh, like.placements)
-    return full
+    offset, size = sharded_checkpoint.local_box(like)
+    if isinstance(saved, sharded_checkpoint.SavedTensor):
+        local = saved.read(offset, size)
+    else:
+        local = saved[tuple(slice(o, o + s) for o, s in zip(offset, size, strict=True))]
+    local = local.to(device=like.device, dtype=like.dtype).contiguous()
+    return DTensor.from_local(
+        local, like.device_mesh, like.placements, run_check=False, shape=like.shape,
+        stride=like.stride(),
+    )  # fmt: skip
 
 
 def absolute_paths(cfg: TrainConfig) -> dict:
@@ -146,12 +202,12 @@ def run_ray(
             "run_ray(loop, cfg, ...): pass the training loop first, e.g. "
             "run_ray(training.train_base.train, cfg)"
         )
-    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, include_dashboard=False)
+    from jobs.runtime import init_ray
+
+    init_ray(address)  # a Ray of its own unless --address / RAY_ADDRESS names a cluster
     config = absolute_paths(cfg)
     out = Path(config["out_dir"])
     use_gpu = cfg.gpus_per_worker > 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -31,6 +34,23 @@ class EMA:
         for n, p in model.named_parameters():
             if n in self.shadow:
                 p.copy_(self.shadow[n].to(p.dtype))
+
+    @contextlib.contextmanager
+    def swapped_in(self, model: nn.Module) -> Iterator[nn.Module]:
+        """``model`` holding the averaged weights for the block, its own after it (even on
+        an error). In place, so it works on an FSDP model, where no rank holds a whole copy
+        to sample from: each rank swaps its own shards."""
+        params = {n: p for n, p in model.named_parameters() if n in self.shadow}
+        kept = {n: p.detach().clone() for n, p in params.items()}
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(self.shadow[n].to(p.dtype))
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(kept[n])
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "shadow": self.shadow}

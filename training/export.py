@@ -21,6 +21,7 @@ from diffusers.models.modeling_utils import no_init_weights
 from curation.manifest import atomic_write_json
 from model.tscm import TSCMTransformer
 from training.run import load_latest
+from training.sharded_checkpoint import full
 
 MANIFEST = "export.json"
 
@@ -28,17 +29,18 @@ MANIFEST = "export.json"
 def checkpoint_weights(state: dict, ema: bool) -> dict[str, torch.Tensor]:
     """The transformer state dict in a checkpoint state: a base run's ``model`` or a distill
     run's ``generator``; with ``ema`` the EMA shadow over it (the shadow holds the trainable
-    parameters only, so anything else keeps the raw value)."""
+    parameters only, so anything else keeps the raw value). A sharded checkpoint's tensors
+    are assembled here, one at a time, from its rank files (optimiser state is never read)."""
     raw = state.get("model", state.get("generator"))
     if raw is None:
         raise ValueError(f"checkpoint holds no transformer weights (keys: {sorted(state)})")
     if not ema:
-        return dict(raw)
+        return {k: full(v) for k, v in raw.items()}
     shadow = state["ema"]["shadow"]
     foreign = sorted(set(shadow) - set(raw))
     if foreign:
         raise ValueError(f"EMA weights name parameters the model lacks: {foreign[:3]}")
-    return {k: shadow.get(k, v).to(v.dtype) for k, v in raw.items()}
+    return {k: full(shadow.get(k, v)).to(v.dtype) for k, v in raw.items()}
 
 
 def export(
@@ -54,7 +56,7 @@ def export(
     export only (a folder with ``export.json``), never another folder."""
     run, out = Path(run), Path(out)
     _check_target(run, out, overwrite)
-    found = load_latest(run)
+    found = load_latest(run, lazy=True)  # a step folder: nothing read until needed
     if found is None:
         raise FileNotFoundError(f"{run}: no checkpoint to export (checkpoints/latest.json)")
     ckpt, state = found

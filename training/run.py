@@ -2,7 +2,9 @@
 
 ``<out>/checkpoints/step-%06d.safetensors`` plus ``latest.json`` naming the newest; a
 checkpoint is written to a temporary name and renamed, so a killed run leaves the previous
-one usable. Only the newest ``keep`` are kept (a 5B state with AdamW is about 60 GB).
+one usable. Only the newest ``keep`` are kept (a 5B state with AdamW is about 60 GB). A
+sharded (FSDP) run writes a step folder ``step-%06d/`` instead, one file per rank
+(``training.sharded_checkpoint``); it is read back at any world size.
 
 Nothing read back from a run folder can run code: a checkpoint is a safetensors file (every
 tensor of the state) whose metadata holds the rest of the state as JSON (``encode_state``),
@@ -47,7 +49,7 @@ from safetensors.torch import save_file
 from curation import locks
 from curation.manifest import atomic_write_json
 from curation.provenance import code_version
-from training import distributed
+from training import distributed, sharded_checkpoint
 from training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,7 @@ CHECKPOINTS = "checkpoints"
 CONFIG = "config.json"  # the effective config of the latest start or resume
 LATEST = "latest.json"
 LOCK = ".lock"
-CHECKPOINT_RE = re.compile(r"^step-(\d{6,})\.safetensors$")
+CHECKPOINT_RE = re.compile(r"^step-(\d{6,})(?:\.safetensors)?$")  # a file, or a step folder
 FORMAT = "yume-train-checkpoint/1"  # safetensors metadata: {"format": FORMAT, "state": JSON}
 
 
@@ -119,38 +121,47 @@ def set_rng_state(state: dict, noise: torch.Generator) -> None:
 _TAGS = ("__tensor__", "__tuple__", "__dict__")
 
 
-def encode_state(state: Any, tensors: dict[str, torch.Tensor], path: str = "") -> Any:
+def encode_state(
+    state: Any,
+    tensors: dict[str, torch.Tensor],
+    path: str = "",
+    shards: dict[str, dict] | None = None,
+) -> Any:
     """``state`` as JSON-able data; each tensor moves into ``tensors`` under its path and is
     replaced by ``{"__tensor__": path}``. Tuples and dicts with non-string keys (optimiser
-    state is keyed by parameter number) are tagged so they come back as they were."""
+    state is keyed by parameter number) are tagged so they come back as they were. A DTensor
+    (FSDP) stores its local shard, and its place in the whole tensor goes into ``shards``
+    (only given for a per-rank file)."""
     if isinstance(state, torch.Tensor):
         name = path or "."
         while name in tensors:
             name += "'"
+        if hasattr(state, "device_mesh"):
+            if shards is None:
+                raise TypeError(f"checkpoint state {name}: a DTensor in a single-file checkpoint")
+            state, shards[name] = sharded_checkpoint.shard_box(state)
         tensors[name] = state.detach().cpu().contiguous()
         return {"__tensor__": name}
+
+    def enc(v: Any, p: str) -> Any:
+        return encode_state(v, tensors, p, shards)
+
     if isinstance(state, tuple):
-        return {"__tuple__": [encode_state(v, tensors, f"{path}/{i}") for i, v in enumerate(state)]}
+        return {"__tuple__": [enc(v, f"{path}/{i}") for i, v in enumerate(state)]}
     if isinstance(state, list):
-        return [encode_state(v, tensors, f"{path}/{i}") for i, v in enumerate(state)]
+        return [enc(v, f"{path}/{i}") for i, v in enumerate(state)]
     if isinstance(state, dict):
         if all(isinstance(k, str) for k in state) and not set(state) & set(_TAGS):
-            return {
-                k: encode_state(v, tensors, f"{path}/{k}" if path else k) for k, v in state.items()
-            }
-        return {
-            "__dict__": [
-                [encode_state(k, tensors, path), encode_state(v, tensors, f"{path}/{k}")]
-                for k, v in state.items()
-            ]
-        }
+            return {k: enc(v, f"{path}/{k}" if path else k) for k, v in state.items()}
+        return {"__dict__": [[enc(k, path), enc(v, f"{path}/{k}")] for k, v in state.items()]}
     if state is None or isinstance(state, bool | int | float | str):
         return state
     raise TypeError(f"checkpoint state {path or '.'}: {type(state).__name__} is not storable")
 
 
-def decode_state(data: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    """The inverse of ``encode_state``."""
+def decode_state(data: Any, tensors: dict[str, Any]) -> Any:
+    """The inverse of ``encode_state`` (a sharded tensor comes back as the ``tensors`` entry
+    its name has: a ``SavedTensor``)."""
     if isinstance(data, list):
         return [decode_state(v, tensors) for v in data]
     if not isinstance(data, dict):
@@ -169,27 +180,21 @@ def decode_state(data: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def checkpoint_step(path: str | Path) -> int:
-    """The step a checkpoint file name says (``step-000040.safetensors`` -> 40)."""
+    """The step a checkpoint name says (``step-000040.safetensors`` or ``step-000040`` -> 40)."""
     m = CHECKPOINT_RE.match(Path(path).name)
     if m is None:
-        raise RunFolderError(f"{path}: not a checkpoint file name (step-NNNNNN.safetensors)")
+        raise RunFolderError(
+            f"{path}: not a checkpoint name (step-NNNNNN.safetensors or a step-NNNNNN folder)"
+        )
     return int(m.group(1))
 
 
-def save_checkpoint(out_dir: str | Path, step: int, state: dict, keep: int = 3) -> Path:
-    """Write ``state`` for ``step``, point ``latest.json`` at it, keep the newest ``keep``.
-
-    safetensors writes straight from the tensors' memory (no in-memory copy of a multi-GB
-    state) into a temporary file in the same folder, which is fsynced and renamed into place.
-    """
-    ckpt_dir = Path(out_dir) / CHECKPOINTS
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    path = ckpt_dir / f"step-{step:06d}.safetensors"
-    tmp = ckpt_dir / f".{path.name}.tmp"
-    tensors: dict[str, torch.Tensor] = {}
-    skeleton = json.dumps(encode_state(state, tensors))
+def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
+    """safetensors writes straight from the tensors' memory (no in-memory copy of a multi-GB
+    state) into a temporary file in the same folder, which is fsynced and renamed into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        save_file(tensors, tmp, metadata={"format": FORMAT, "state": skeleton})
+        save_file(tensors, tmp, metadata=metadata)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -198,10 +203,70 @@ def save_checkpoint(out_dir: str | Path, step: int, state: dict, keep: int = 3) 
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    atomic_write_json(ckpt_dir / LATEST, {"step": step, "path": path.name})
+
+
+def _point_and_prune(out_dir: str | Path, step: int, path: Path, keep: int) -> None:
+    """``latest.json`` names ``path``; only the newest ``keep`` checkpoints stay."""
+    atomic_write_json(path.parent / LATEST, {"step": step, "path": path.name})
     for old in kept_checkpoints(out_dir)[max(keep, 1) :]:
-        old.unlink()
+        if old.is_dir():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
+
+
+def save_checkpoint(out_dir: str | Path, step: int, state: dict, keep: int = 3) -> Path:
+    """Write ``state`` (full tensors) for ``step``, point ``latest.json`` at it, keep the
+    newest ``keep``."""
+    ckpt_dir = Path(out_dir) / CHECKPOINTS
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = ckpt_dir / f"step-{step:06d}.safetensors"
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = json.dumps(encode_state(state, tensors))
+    _write_safetensors(path, tensors, {"format": FORMAT, "state": skeleton})
+    _point_and_prune(out_dir, step, path, keep)
     return path
+
+
+def save_sharded_checkpoint(
+    out_dir: str | Path, step: int, state: dict, ctx: distributed.DistContext, keep: int = 3
+) -> Path:
+    """Every rank writes its ``state`` (DTensor shards and its own RNG and data position)
+    into ``.step-NNNNNN.tmp/``; once all have, rank 0 writes ``done.json`` there, renames
+    the folder to ``step-NNNNNN``, points ``latest.json`` at it and prunes. Collective: every
+    rank calls it; nothing is gathered."""
+    ckpt_dir = Path(out_dir) / CHECKPOINTS
+    final = ckpt_dir / f"step-{step:06d}"
+    tmp = ckpt_dir / f".{final.name}.tmp"
+    if ctx.is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # a killed save's leftovers
+        tmp.mkdir()
+    distributed.barrier(ctx)
+    tensors: dict[str, torch.Tensor] = {}
+    shards: dict[str, dict] = {}
+    skeleton = json.dumps(encode_state(state, tensors, shards=shards))
+    meta = {
+        "format": sharded_checkpoint.FORMAT,
+        "rank": str(ctx.rank),
+        "world_size": str(ctx.world_size),
+        "state": skeleton,
+        "shards": json.dumps(shards),
+    }
+    _write_safetensors(tmp / sharded_checkpoint.rank_file(ctx.rank, ctx.world_size), tensors, meta)
+    distributed.barrier(ctx)
+    if ctx.is_main:
+        done = sharded_checkpoint.done_record(step, ctx.world_size)
+        missing = [n for n in done["files"] if not (tmp / n).is_file()]
+        if missing:
+            raise RunFolderError(f"{tmp}: ranks wrote no {missing} (is {ckpt_dir} shared?)")
+        atomic_write_json(tmp / sharded_checkpoint.DONE, done)
+        if final.is_dir():  # the same step saved again (a resume that re-ran it)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _point_and_prune(out_dir, step, final, keep)
+    distributed.barrier(ctx)
+    return final
 
 
 def _inside(ckpt_dir: Path, name: object, source: Path) -> Path:
@@ -215,7 +280,7 @@ def _inside(ckpt_dir: Path, name: object, source: Path) -> Path:
         )
         raise RunFolderError(
             f"{source} names {name!r}, not a checkpoint file in {ckpt_dir} "
-            f"(step-NNNNNN.safetensors){hint}"
+            f"(step-NNNNNN.safetensors or a step-NNNNNN folder){hint}"
         )
     path = ckpt_dir / name
     if path.resolve().parent != ckpt_dir.resolve():
@@ -240,21 +305,33 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 
 
 def kept_checkpoints(out_dir: str | Path) -> list[Path]:
-    """The checkpoint files in ``checkpoints/``, newest step first."""
+    """The checkpoints in ``checkpoints/`` (files, and step folders once complete), newest
+    step first."""
     ckpt_dir = Path(out_dir) / CHECKPOINTS
     if not ckpt_dir.is_dir():
         return []
     found = [
-        _inside(ckpt_dir, p.name, p) for p in ckpt_dir.iterdir() if CHECKPOINT_RE.match(p.name)
+        _inside(ckpt_dir, p.name, p)
+        for p in ckpt_dir.iterdir()
+        if CHECKPOINT_RE.match(p.name) and (p.is_file() or (p / sharded_checkpoint.DONE).is_file())
     ]
     return sorted(found, key=checkpoint_step, reverse=True)
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """A checkpoint's state; RunFolderError when the file is not an intact checkpoint of
-    this format (truncated, foreign, a pickle under our name). Reads no code: safetensors
-    and JSON only."""
+def load_checkpoint(
+    path: str | Path, *, rank: int = 0, world_size: int = 1, lazy: bool = False
+) -> dict:
+    """A checkpoint's state; RunFolderError when it is not an intact checkpoint of this
+    format (truncated, foreign, a pickle under our name, a step folder missing a rank or
+    with shards that do not fit). Reads no code: safetensors and JSON only.
+
+    A step folder gives rank ``rank``'s own RNG and data position when it was written by
+    ``world_size`` ranks (else rank 0's), and its sharded tensors whole, or as
+    ``SavedTensor``s with ``lazy`` (each rank then reads only its shard)."""
+    path = Path(path)
     try:
+        if path.is_dir():
+            return _load_step_folder(path, rank, world_size, lazy)
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
             if meta.get("format") != FORMAT:
@@ -267,8 +344,17 @@ def load_checkpoint(path: str | Path) -> dict:
         ) from None
 
 
-def load_latest(out_dir: str | Path) -> tuple[Path, dict] | None:
-    """The newest intact checkpoint of a run folder and its state, or None without one.
+def _load_step_folder(folder: Path, rank: int, world_size: int, lazy: bool) -> dict:
+    ranks, saved = sharded_checkpoint.open_step(folder)
+    own = ranks[rank] if len(ranks) == world_size else ranks[0]
+    tensors: dict[str, Any] = own.tensors()
+    tensors |= saved if lazy else {k: t.full() for k, t in saved.items()}
+    return decode_state(own.skeleton, tensors)
+
+
+def load_latest(out_dir: str | Path, **how: Any) -> tuple[Path, dict] | None:
+    """The newest intact checkpoint of a run folder and its state, or None without one
+    (``how``: ``load_checkpoint``'s keywords).
 
     ``latest.json``'s checkpoint first; when it is damaged (a run killed while the disk
     was full, a truncated copy) the other kept ones, newest first, with one warning line
@@ -279,7 +365,7 @@ def load_latest(out_dir: str | Path) -> tuple[Path, dict] | None:
     damaged: list[str] = []
     for path in [first, *(p for p in kept_checkpoints(out_dir) if p != first)]:
         try:
-            state = load_checkpoint(path)
+            state = load_checkpoint(path, **how)
         except RunFolderError as e:
             damaged.append(str(e))
             continue
@@ -385,7 +471,7 @@ def open_run(
             shutil.rmtree(out / CHECKPOINTS)
         distributed.barrier(ctx)
         return None
-    found = load_latest(out)
+    found = load_latest(out, rank=ctx.rank, world_size=ctx.world_size, lazy=ctx.fsdp)
     if found is None:
         return None
     state = found[1]

@@ -8,7 +8,6 @@ Wan's shifted rectified flow and regresses the velocity on prediction tokens onl
 from __future__ import annotations
 
 import contextlib
-import copy
 import time
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from training.run import (
     run_lock,
     save_checkpoint,
     save_config,
+    save_sharded_checkpoint,
     seed_rngs,
     set_rng_state,
 )
@@ -102,7 +102,7 @@ class Trainer:
     ):
         self.cfg = cfg
         self.t0 = time.perf_counter()
-        self.ctx = distributed.context()
+        self.ctx = distributed.context(cfg.parallel)
         self.out = Path(cfg.out_dir)
         rank = self.ctx.rank
         self.noise_gen = seed_rngs(cfg.seed, rank)
@@ -166,11 +166,9 @@ class Trainer:
         return provenance_labels(self.cfg, data_tiny_random=self.data_tiny_random, vae_id=vae_id)
 
     def _state(self) -> dict:
+        """The checkpoint state: whole tensors, or under FSDP this rank's shards."""
         model_sd, opt_sd = distributed.model_optimizer_state(self.model, self.opt, self.ctx)
-        ema = {
-            "decay": self.ema.decay,
-            "shadow": {n: distributed.full_tensor(t) for n, t in self.ema.shadow.items()},
-        }
+        ema = {"decay": self.ema.decay, "shadow": dict(self.ema.shadow)}
         return {
             "step": self.step,
             "model": model_sd,
@@ -189,7 +187,7 @@ class Trainer:
         )
         self.sched.load_state_dict(state["scheduler"])
         shadow = {
-            n: distributed.shard_like(t, self.ema.shadow[n])
+            n: distributed.shard_like(t, self.ema.shadow[n], f"ema/{n}")
             for n, t in state["ema"]["shadow"].items()
         }
         self.ema.load_state_dict({"decay": state["ema"]["decay"], "shadow": shadow})
@@ -199,9 +197,12 @@ class Trainer:
         self.data_tiny_random |= bool(state["labels"]["tiny_random"])
 
     def save(self) -> None:
-        state = self._state()  # collective under FSDP: every rank builds it
-        if self.ctx.is_main:
-            save_checkpoint(self.out, self.step, state, keep=self.cfg.keep_checkpoints)
+        state = self._state()  # collective when distributed: every rank builds it
+        keep = self.cfg.keep_checkpoints
+        if self.ctx.fsdp:  # every rank writes its shards
+            save_sharded_checkpoint(self.out, self.step, state, self.ctx, keep=keep)
+        elif self.ctx.is_main:
+            save_checkpoint(self.out, self.step, state, keep=keep)
 
     # ---- validation ----------------------------------------------------------------------
 
@@ -218,18 +219,27 @@ class Trainer:
         return batch.to(self.ctx.device)
 
     def _validating(self) -> bool:
-        # FSDP shards cannot be deep-copied for sampling: sample from a saved checkpoint instead
-        return self.ctx.is_main and not self.ctx.fsdp and self.val_batch is not None
+        # under FSDP every rank runs the forwards (each holds a shard), rank 0 writes
+        return self.val_batch is not None and (self.ctx.is_main or self.ctx.fsdp)
 
     def validate(self) -> dict:
-        """Validation loss at fixed noise, and an Euler-sampled block decoded to mp4 (EMA)."""
+        """Validation loss at fixed noise, and an Euler-sampled block decoded to mp4 (EMA).
+
+        The EMA weights are swapped into the trained model in place and back after, so no
+        second copy is needed; under FSDP every rank swaps its shards and runs the forwards
+        (they are collectives) and rank 0 writes the sample."""
         batch = self.val_batch
-        model = copy.deepcopy(distributed.unwrap(self.model)).eval()
-        self.ema.copy_to(model)
+        model = self.model if self.ctx.fsdp else distributed.unwrap(self.model)
         gen = torch.Generator().manual_seed(1234)
-        with torch.no_grad():
+        with self.ema.swapped_in(model), torch.no_grad():
+            model.eval()
             val_loss, _ = flow_matching_loss(model, batch, self.cfg, gen)
             pred = sample_block(model, batch, self.cfg.val_sampling_steps, self.cfg.shift, gen)
+            if self.ctx.fsdp:
+                model.reshard()  # the root stays gathered after a forward: shards again
+        model.train()
+        if not self.ctx.is_main:
+            return {}
         parts = [batch.history, pred] if batch.history is not None else [pred]
         video = self.vae.decode(torch.cat(parts, dim=2))[0].cpu()  # (T, H, W, 3)
         tag = "tiny-random" if self._labels()["tiny_random"] else "model"
@@ -322,7 +332,7 @@ def train(cfg: TrainConfig, *, streams=None, resume: bool = False, overwrite: bo
     ``training.distributed.run_ray(train, cfg, resume=..., overwrite=...)``. The main rank
     holds the run folder's lock throughout (a second run into it fails at once) and checks
     the folder first (``check_run_folder``), before any shard scan or model load."""
-    main = distributed.context().is_main
+    main = distributed.context(cfg.parallel).is_main
     if main:
         check_run_folder(cfg, resume, overwrite)
     with run_lock(cfg.out_dir) if main else contextlib.nullcontext():
