@@ -8,7 +8,7 @@ DATA    ?= ./data
 SEKAI   ?=
 CLIPS   ?= 8
 
-.PHONY: setup demo test test-all test-slow lint bench vbench-env mutants sekai-actions sample-sekai clips train-base encode-latents shards-verify distill sample clean
+.PHONY: setup demo test test-all test-slow lint bench gpu-check vbench-env mutants sekai-actions sample-sekai clips train-base encode-latents shards-verify distill sample clean
 
 setup: $(STAMP)
 
@@ -72,6 +72,10 @@ mutants: setup
 
 bench: setup
 	$(BIN)/python -m tests.bench.run_all
+
+# On a GPU machine, with its own CUDA torch (not .venv): gpu-marked tests + the 5B sampler bench.
+gpu-check:
+	bash scripts/gpu_check.sh
 
 sample-sekai: setup
 	test -d $(DATA)/sample-sekai/videos || $(BIN)/yume-data sample-sekai --out $(DATA)/sample-sekai --clips $(CLIPS) --video

@@ -400,9 +400,12 @@ def test_generic_input_failures_are_named_rejects(name, ray_local, tmp_path, mon
     assert s["accounted"] and s["accepted"] == s["inputs"] - s["rejected"] > 0
     assert s["exit_code"] == 3
 
-    before = _tables(case.stage, root)
+    def present(tables: dict) -> dict:  # a vanished file is no input of a later run
+        return {**tables, "rejects": [r for r in tables["rejects"] if r[0] not in vanished]}
+
+    before = present(_tables(case.stage, root))
     again = run_stage(case.stage, config, _opts(root))
-    assert again["this_run"]["processed"] == 0 and _tables(case.stage, root) == before
+    assert again["this_run"]["processed"] == 0 and present(_tables(case.stage, root)) == before
 
 
 def test_an_empty_or_garbled_caption_file_is_its_own_reject(tmp_path):

@@ -359,6 +359,7 @@ def _latents(root: DataRoot) -> dict[str, str]:
     return {r["key"]: r["sha256"][r["members"].index("event_emb.pth")] for r in rows}
 
 
+@pytest.mark.slow  # Ray runs of a model stage: `make test-slow`, CI
 def test_encode_latents_follows_repacked_changed_and_gone_clips(ray_local, tmp_path):
     root = DataRoot.at(tmp_path / "data")
     staging = tmp_path / "clips"
@@ -413,6 +414,7 @@ def _in_process(monkeypatch) -> None:
     monkeypatch.setattr(runner, "_run_on_ray", local)
 
 
+@pytest.mark.slow  # Ray runs of a model stage: `make test-slow`, CI
 def test_recaption_follows_re_encoded_and_gone_clips_for_every_prompt_version(
     tmp_path, monkeypatch
 ):
@@ -485,6 +487,7 @@ def test_an_edited_caption_file_redoes_its_chunk(ray_local, tmp_path):
     assert len(rows) == 20
 
 
+@pytest.mark.slow  # Ray runs of a model stage: `make test-slow`, CI
 def test_synth_score_and_select_drop_a_video_gone_upstream(ray_local, tmp_path):
     from curation.stages.synth_generate import GENERATED_DATASET
     from curation.stages.synth_score import SynthScoreConfig, SynthScoreStage
@@ -519,7 +522,7 @@ def test_synth_score_and_select_drop_a_video_gone_upstream(ray_local, tmp_path):
     assert not list(root.staging("synthetic").glob("syn_flickering.*"))
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # Ray runs of a model stage: `make test-slow`, CI
 def test_events_remakes_a_pair_whose_image_changed(ray_local, tmp_path):
     from curation.stages.events import EventsConfig, EventsStage
     from tests.test_events import EventsCase
