@@ -37,6 +37,7 @@ from curation.stages.encode_latents import EncodeLatentsStage
 from curation.stages.parts import item_version, read_status, stale_batches, write_part
 from jobs.runner import RunOptions, run_stage
 from tests.conftest import garbage, truncate
+from tests.test_recaption import _in_process  # a patched prompt table must reach the batches
 from tests.test_shards import make_mp4, make_sample
 from tests.test_shards import stage as stage_samples
 
@@ -400,18 +401,6 @@ def test_encode_latents_follows_repacked_changed_and_gone_clips(ray_local, tmp_p
     assert sorted(set(manifest)) == ["a", "b", "d"]
     assert not list(root.staging("sekai-real", kind="latent").glob("c-*"))
     assert run_stage(EncodeLatentsStage, config, opts)["this_run"]["processed"] == 0
-
-
-def _in_process(monkeypatch) -> None:
-    """Run the runner's batches in this process (a patched prompt table must reach them)."""
-
-    def local(stage, batches, opts, run):
-        worker = type(stage)(stage.config, DataRoot.at(stage.root))
-        worker.setup()
-        for batch in batches:
-            runner.process_batch(worker, batch, run)
-
-    monkeypatch.setattr(runner, "_run_on_ray", local)
 
 
 @pytest.mark.slow  # Ray runs of a model stage: `make test-slow`, CI
