@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import shutil
+import tarfile
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +16,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+import jobs.runner as runner
 from curation.dataroot import DataRoot
-from curation.manifest import read_provenance
+from curation.manifest import read_provenance, write_table
 from curation.shards import (
+    INDEX_NAME,
     LATENT_SAMPLE,
     dataset_stats,
     indexed_shards,
+    read_index,
     verify_dataset,
     write_shards,
 )
@@ -29,6 +35,8 @@ from jobs.runner import RunOptions, run_stage
 from jobs.shards import run_verify
 from model.vae import VideoVAE, latent_shape
 from schemas.latents import LATENTS_MANIFEST_SCHEMA, latent_config_hash
+from schemas.sample import CLIP_SAMPLE, SHARD_INDEX_SCHEMA
+from tests.conftest import garbage, truncate
 from tests.test_shards import make_mp4, make_sample
 from training.config import preset
 from training.mixture import Stream
@@ -282,3 +290,154 @@ def test_latent_stream_restores_at_its_position_without_replay(
     resumed_in = shards[np.random.default_rng([5, epoch]).permutation(len(shards))[shard]]
     assert len(reads) == read_by_uninterrupted + len(list(iter_shard(resumed_in)))
     assert sorted(first[:3]) == ["clip_0-t2v-0", "clip_1-t2v-0", "clip_2-t2v-0"]
+
+
+# ---- the stage contract case (registered in tests/test_stage_contract.py) -------------------
+
+
+@cache
+def _mp4(frames: int) -> bytes:
+    return make_mp4(frames, width=128, height=64)
+
+
+def _clip_samples(
+    keys: list[str], frames: int = 24, mp4: bytes | None = None
+) -> list[tuple[str, dict[str, bytes]]]:
+    mp4 = _mp4(frames) if mp4 is None else mp4
+    return [(k, make_sample(k, frames, mp4=mp4, width=128, height=64)) for k in keys]
+
+
+# the writer of an older or other tool: it did not check the json against today's schema
+_LAX_CLIP = dataclasses.replace(CLIP_SAMPLE, validate=lambda meta: None)
+
+
+def _drop_field(sample: dict[str, bytes], field: str) -> None:
+    meta = json.loads(sample["json"])
+    del meta[field]
+    sample["json"] = json.dumps(meta).encode()
+
+
+def damaged_clip_shards(folder: Path, make) -> dict[str, Path]:
+    """Five more clips made by ``make(key, mp4)`` (mp4 None: a good one), each in a shard
+    of its own, as the index names them, then damaged on disk: ``dmg_garbage``'s shard
+    replaced by garbage, ``dmg_cut``'s cut in half, and, indexed so, ``dmg_empty`` with a
+    0-byte mp4 and ``dmg_nofield`` whose json lacks ``segments``; ``dmg_gone`` is good (for
+    a vanish hook). Returns each clip's shard. Shared by recaption's contract case."""
+    samples = {k: make(k, b"" if k == "dmg_empty" else None)
+               for k in ("dmg_garbage", "dmg_cut", "dmg_empty", "dmg_nofield", "dmg_gone")}  # fmt: skip
+    _drop_field(samples["dmg_nofield"], "segments")
+    write_shards(samples.items(), folder, folder.name, max_samples=1, kind=_LAX_CLIP)
+    shard = {r["key"]: folder / r["shard"] for r in read_index(folder).to_pylist()}
+    garbage(shard["dmg_garbage"])
+    truncate(shard["dmg_cut"])
+    return {k: shard[k] for k in samples}
+
+
+def test_damaged_clips_are_named_before_any_model_time(tmp_path):
+    """Each damage its own reason, found by reading alone (no encoder is loaded): a broken
+    mp4 was unexpected_error, a shard cut at a member boundary read as a shorter tar."""
+    root = DataRoot.at(tmp_path / "data")
+    folder = root.shards("sekai-real")
+    mp4 = _mp4(24)
+    samples = dict(_clip_samples(["garbled", "cut_mp4", "empty_mp4", "no_segments"]))
+    samples["garbled"]["mp4"] = bytes(range(256)) * 16
+    samples["cut_mp4"]["mp4"] = mp4[: len(mp4) // 2]
+    samples["empty_mp4"]["mp4"] = b""
+    _drop_field(samples["no_segments"], "segments")
+    write_shards(samples.items(), folder, "sekai-real", max_samples=1, kind=_LAX_CLIP)
+    write_shards(_clip_samples(["pair_0", "pair_1"]), folder, "sekai-real", max_samples=2)
+    write_shards(_clip_samples(["no_txt", "empty_tar"]), folder, "sekai-real", max_samples=1)
+    shard = {r["key"]: folder / r["shard"] for r in read_index(folder).to_pylist()}
+    truncate(shard["pair_0"])  # at the boundary before pair_1's mp4 header
+    with tarfile.open(shard["no_txt"]) as tar:  # the same tar without one member
+        kept = [(m, tar.extractfile(m).read()) for m in tar if m.name != "no_txt.txt"]
+    with tarfile.open(shard["no_txt"], "w") as tar:
+        for info, data in kept:
+            tar.addfile(info, io.BytesIO(data))
+    shard["empty_tar"].write_bytes(b"")
+
+    stage = EncodeLatentsStage(dataclasses.replace(PRESETS["tiny"], height=64, width=128), root)
+    items, _ = runner.discover(stage)
+    got = {o.key.split("/")[1]: (o.reason, o.detail) for o in stage.process(items).outcomes}
+    assert {k: r for k, (r, _) in got.items()} == {
+        "garbled": "undecodable_clip",
+        "cut_mp4": "undecodable_clip",
+        "empty_mp4": "empty_clip",
+        "no_segments": "bad_sample_json",
+        "pair_0": "unreadable_shard",
+        "pair_1": "unreadable_shard",
+        "no_txt": "missing_member",
+        "empty_tar": "unreadable_shard",
+    }
+    assert "'segments' is a required property" in got["no_segments"][1]
+    assert "cut off" in got["pair_1"][1] and "is empty" in got["empty_tar"][1]
+    assert "no_txt.txt is in the index" in got["no_txt"][1]
+
+
+class EncodeLatentsCase:
+    """A 24-frame clip and a 4-frame clip (no window) in two sekai-real clip shards.
+
+    The stage's inputs are the root's clip shards (``<shard>:<key>``), not config paths. Two
+    items make one batch (``_opts``): one encoder actor per run, which has to import the
+    model libraries (seconds) before its first batch."""
+
+    stage = EncodeLatentsStage
+    follows_moves = True  # a clips rerun that repacks shards redoes no latents
+
+    def _write(self, tmp: Path, max_samples: int) -> None:
+        samples = _clip_samples(["clip_0"]) + _clip_samples(["short"], 4)
+        folder = DataRoot.at(tmp / "data").shards("sekai-real")
+        write_shards(samples, folder, "sekai-real", max_samples=max_samples)
+
+    def build(self, tmp: Path) -> tuple[EncodeLatentsConfig, dict]:
+        self._write(tmp, max_samples=1)  # clip_0 | short
+        config = dataclasses.replace(PRESETS["tiny"], height=64, width=128)
+        return config, {"no_window": 1}
+
+    def changed(self, config: EncodeLatentsConfig) -> EncodeLatentsConfig:
+        return dataclasses.replace(config, seed=1)  # other window positions
+
+    def more(self, tmp: Path, config: EncodeLatentsConfig) -> tuple[EncodeLatentsConfig, int]:
+        folder = DataRoot.at(tmp / "data").shards("sekai-real")
+        write_shards(_clip_samples(["extra_0"]), folder, "sekai-real")  # a new shard
+        return config, 1
+
+    def moved(self, tmp: Path, config: EncodeLatentsConfig) -> EncodeLatentsConfig:
+        """The same clips repacked: short now lives in the first shard."""
+        shutil.rmtree(DataRoot.at(tmp / "data").shards("sekai-real"))
+        self._write(tmp, max_samples=2)  # clip_0 short
+        return config
+
+    def empty(self, tmp: Path) -> EncodeLatentsConfig:
+        folder = DataRoot.at(tmp / "data").shards("sekai-real")
+        folder.mkdir(parents=True)
+        write_table(SHARD_INDEX_SCHEMA.empty_table(), folder / INDEX_NAME, SHARD_INDEX_SCHEMA)
+        return dataclasses.replace(PRESETS["tiny"], height=64, width=128)
+
+    def relative(self, config: EncodeLatentsConfig, base: Path) -> EncodeLatentsConfig:
+        return config  # no path fields: the root (and so the inputs) are made absolute
+
+    not_applicable = {
+        "empty_text": "an empty caption is no error here: the window is encoded with the "
+        "empty prompt, as the training reader would feed it from the clip shards",
+        "long_text": "a caption of any length is encoded to event_len tokens (the text "
+        "encoder truncates), as in training",
+    }
+
+    def damage(self, tmp: Path, config: EncodeLatentsConfig) -> tuple[EncodeLatentsConfig, dict]:
+        """Clips of shards that were damaged after indexing (garbage, cut in half), a 0-byte
+        mp4 and a json without a required field (``damaged_clip_shards``)."""
+        folder = DataRoot.at(tmp / "data").shards("sekai-real")
+        damaged_clip_shards(folder, lambda k, mp4: _clip_samples([k], mp4=mp4)[0][1])
+        return config, {
+            "sekai-real/dmg_garbage": ("garbage", "unreadable_shard"),
+            "sekai-real/dmg_empty": ("empty", "empty_clip"),
+            "sekai-real/dmg_cut": ("truncated", "unreadable_shard"),
+            "sekai-real/dmg_nofield": ("missing_field", "bad_sample_json"),
+        }
+
+    def vanish(self, tmp: Path, items: list[dict]) -> dict:
+        """The shard of a discovered clip is deleted before a worker reads it."""
+        item = next(it for it in items if it["clip_key"] == "dmg_gone")
+        Path(item["shard"]).unlink()
+        return {item["key"]: ("vanished", "missing_shard")}

@@ -520,6 +520,36 @@ def test_event_window_choice_in_the_reader():
     assert _event_text({"scene": "s", "event": None, "action": None}, [1]) == ""
 
 
+def test_an_empty_mp4_or_a_bad_json_is_named_before_captioning(tmp_path):
+    """A json the captioned copy could not carry (no segments) was captioned and then
+    refused by the shard writer, outside the stage's rejects; a 0-byte mp4 read as
+    undecodable."""
+    import jobs.runner as runner
+    from curation.dataroot import DataRoot
+    from curation.shards import write_shards
+    from curation.stages.recaption import RecaptionStage
+    from schemas.sample import CLIP_SAMPLE
+    from tests.test_shards import make_mp4, make_sample
+
+    root = DataRoot.at(tmp_path / "data")
+    samples = {k: make_sample(k, 16, mp4=make_mp4(16, 64, 48)) for k in ("no_segments", "empty")}
+    samples["empty"]["mp4"] = b""
+    meta = json.loads(samples["no_segments"]["json"])
+    del meta["segments"]
+    samples["no_segments"]["json"] = json.dumps(meta).encode()
+    lax = dataclasses.replace(CLIP_SAMPLE, validate=lambda meta: None)  # an older writer
+    write_shards(samples.items(), root.shards("sekai-real"), "sekai-real", kind=lax)
+    stage = RecaptionStage(_config(window_seconds=0.0), root)
+    items, _ = runner.discover(stage)
+    stage.setup()
+    got = {o.key.split("/")[1]: (o.reason, o.detail) for o in stage.process(items).outcomes}
+    assert {k: r for k, (r, _) in got.items()} == {
+        "no_segments": "bad_sample_json",
+        "empty": "empty_clip",
+    }
+    assert "'segments' is a required property" in got["no_segments"][1]
+
+
 def test_old_samples_stay_valid_and_bad_spans_are_refused():
     from schemas.common import SchemaError
     from schemas.sample import validate_sample
@@ -676,6 +706,38 @@ class RecaptionCase:
 
     def relative(self, config, base: Path):
         return config  # no path fields: the root (and so the inputs) are made absolute
+
+    not_applicable = {
+        "empty_text": "the stage reads no input text (the json's captions are copied); the "
+        "text it checks is the model's answer: empty_caption (test_validation)",
+        "long_text": "the stage reads no input text; an answer over max_chars is "
+        "caption_too_long (test_validation)",
+    }
+
+    def damage(self, tmp: Path, config):
+        """Clips of shards that were damaged after indexing (garbage, cut in half), a 0-byte
+        mp4 and a json without a required field (test_encode_latents.damaged_clip_shards)."""
+        from curation.dataroot import DataRoot
+        from tests.test_encode_latents import damaged_clip_shards
+        from tests.test_shards import make_mp4, make_sample
+
+        good = make_mp4(16, 64, 48)
+        folder = DataRoot.at(tmp / "data").shards("sekai-real")
+        damaged_clip_shards(
+            folder, lambda k, mp4: make_sample(k, 16, mp4=good if mp4 is None else mp4)
+        )
+        return config, {
+            "sekai-real/dmg_garbage/w0/event-v1": ("garbage", "unreadable_shard"),
+            "sekai-real/dmg_empty/w0/event-v1": ("empty", "empty_clip"),
+            "sekai-real/dmg_cut/w0/event-v1": ("truncated", "unreadable_shard"),
+            "sekai-real/dmg_nofield/w0/event-v1": ("missing_field", "bad_sample_json"),
+        }
+
+    def vanish(self, tmp: Path, items: list[dict]) -> dict:
+        """The shard of a discovered clip is deleted before a worker reads it."""
+        item = next(it for it in items if it["sample"] == "dmg_gone")
+        Path(item["shard"]).unlink()
+        return {item["key"]: ("vanished", "missing_shard")}
 
 
 def test_contract_case_shape():

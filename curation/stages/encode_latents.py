@@ -12,9 +12,15 @@ frame counts and size), encoded by the VAE and the text encoder (loaded once per
 An item is a clip of the index (``<shards folder>/<clip key>``, whichever shard holds it),
 its version the index's sha256 of each member: a clips rerun that repacks shards moves
 samples without redoing them, a changed clip (a caption edit, a re-encode) is redone, and
-a clip gone from the index drops its latents, down to the latent shards. A shard gone from
-disk is ``missing_shard``; one that does not read as a tar, or whose member bytes differ
-from the index, ``unreadable_shard``.
+a clip gone from the index drops its latents, down to the latent shards.
+
+What a damaged clip is rejected as (``shard_samples``, ``check_members``, ``sample_meta``,
+here and in recaption): ``missing_shard`` (the shard the index names is not on disk),
+``unreadable_shard`` (empty, not a tar, or cut off), ``missing_sample`` (the index names a
+clip the shard does not hold), ``missing_member`` (the tar lacks a member of the clip),
+``sha256_mismatch`` (a member's bytes differ from the index: changed since indexing),
+``bad_sample_json`` (the json does not parse or lacks a field of the sample schema),
+``empty_clip`` (a 0-byte mp4) and ``undecodable_clip`` (an mp4 decord cannot decode).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from decord import DECORDError
 
 from curation.config import option
 from curation.dataroot import check_name
@@ -48,6 +55,7 @@ from curation.stages.base import (
     raise_if_fatal,
     unexpected,
 )
+from schemas.common import SchemaError
 from schemas.latents import (
     LATENT_INDEX_SCHEMA,
     LATENT_SCHEMA_VERSION,
@@ -55,7 +63,7 @@ from schemas.latents import (
     latent_config,
     latent_config_hash,
 )
-from schemas.sample import TASKS
+from schemas.sample import TASKS, validate_sample
 
 
 @dataclass(frozen=True)
@@ -88,9 +96,33 @@ class EncodeLatentsConfig:
 
 # what reading a damaged shard raises: a bad tar, a bad member name, a cut-off file
 SHARD_READ_ERRORS = (tarfile.TarError, ShardError, EOFError, OSError)
+# what decord raises for an mp4 it cannot open (RuntimeError) or decode (DECORDError)
+DECODE_ERRORS = (RuntimeError, DECORDError)
+_TAR_END = 2 * tarfile.BLOCKSIZE  # the zero blocks that end every tar
 
 # a latent sample's key: its clip's key, the task and the window number
 _LATENT_KEY = re.compile(rf"(?P<clip>.+)-(?:{'|'.join(TASKS)})-\d+")
+
+
+def shard_damage(shard: str) -> str | None:
+    """Why the file ``shard`` is no whole tar, or None: empty, not a tar, or cut off.
+
+    A tar ends with two zero blocks; one cut at a member boundary reads as a shorter tar
+    (tarfile stops without an error there), so a missing end is checked, not inferred."""
+    size = Path(shard).stat().st_size
+    if size == 0:
+        return "is empty (0 bytes)"
+    with open(shard, "rb") as f:
+        head = f.read(tarfile.BLOCKSIZE)
+        f.seek(max(0, size - _TAR_END))
+        tail = f.read()
+    try:
+        tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")
+    except tarfile.HeaderError as e:
+        return f"is not a tar ({size} bytes; first header: {e})"
+    if size % tarfile.BLOCKSIZE or tail.strip(b"\0"):
+        return f"is cut off ({size} bytes, without a tar's end-of-archive blocks)"
+    return None
 
 
 def shard_samples(
@@ -99,10 +131,14 @@ def shard_samples(
     """The samples ``keys`` of one clip shard, in shard order (only ``exts`` when given).
 
     Raises Reject, for the keys not yet given: ``missing_shard`` when the shard the index
-    names is not on disk, ``unreadable_shard`` when it does not read as a tar or breaks off.
+    names is not on disk, ``unreadable_shard`` when it is empty, no tar or cut off
+    (``shard_damage``: then none of its samples is given) or breaks off while read.
     """
     if not Path(shard).is_file():
         raise Reject("missing_shard", f"{shard} is named by the index but is not on disk")
+    damage = shard_damage(shard)
+    if damage is not None:
+        raise Reject("unreadable_shard", f"{Path(shard).name} {damage}")
     try:
         for key, members in iter_shard(shard, exts):
             if key in keys:
@@ -114,13 +150,39 @@ def shard_samples(
 
 
 def check_members(shard: str, key: str, members: dict[str, bytes], digests: dict) -> None:
-    """Raise ``unreadable_shard`` when a member of ``digests`` (ext -> the index's sha256)
-    is missing from ``members`` or holds other bytes: the shard is damaged or replaced."""
+    """Raise ``missing_member`` when a member of ``digests`` (ext -> the index's sha256) is
+    not in ``members``, ``sha256_mismatch`` when it holds other bytes: the shard was
+    changed or damaged since it was indexed."""
     for ext, want in sorted(digests.items()):
         data = members.get(ext)
-        if data is None or hashlib.sha256(data).hexdigest() != want:
-            state = "is missing" if data is None else "differs from its index sha256"
-            raise Reject("unreadable_shard", f"{key}.{ext} in {Path(shard).name} {state}")
+        if data is None:
+            detail = f"{key}.{ext} is in the index but not in {Path(shard).name}"
+            raise Reject("missing_member", detail)
+        if hashlib.sha256(data).hexdigest() != want:
+            detail = f"{key}.{ext} in {Path(shard).name} differs from its index sha256"
+            raise Reject("sha256_mismatch", detail)
+
+
+def sample_meta(key: str, data: bytes) -> dict:
+    """The clip sample's json, checked as the shard writer checks it; ``bad_sample_json``
+    when it does not parse, names another key or misses a field (a sample packed by an
+    older or other writer), before any decoding or model time is spent on it."""
+    try:
+        meta = json.loads(data)
+        if not isinstance(meta, dict):
+            raise SchemaError("the json is not an object")
+        validate_sample(meta)
+        if meta["key"] != key:
+            raise SchemaError(f"the json names key {meta['key']!r}")
+    except (UnicodeDecodeError, json.JSONDecodeError, SchemaError) as e:
+        raise Reject("bad_sample_json", f"{key}.json: {str(e)[:300]}") from e
+    return meta
+
+
+def check_mp4(key: str, mp4: bytes) -> None:
+    """Raise ``empty_clip`` for a 0-byte mp4: nothing to decode, say so plainly."""
+    if not mp4:
+        raise Reject("empty_clip", f"{key}.mp4 is empty (0 bytes)")
 
 
 def _tensor_bytes(t) -> bytes:
@@ -243,7 +305,8 @@ class EncodeLatentsStage(Stage[EncodeLatentsConfig]):
         from model.windows import encode_windows, window_frames
 
         cfg = self.config
-        meta = json.loads(sample["json"])
+        meta = sample_meta(item["clip_key"], sample["json"])
+        check_mp4(item["clip_key"], sample["mp4"])
         windows, missing = [], []
         for task in TASKS:
             if task not in meta.get("tasks", []):
@@ -251,9 +314,13 @@ class EncodeLatentsStage(Stage[EncodeLatentsConfig]):
             history, pred = window_frames(cfg, task)
             for n in range(cfg.windows_per_clip):
                 rng = random.Random(f"{cfg.seed}/{item['clip_key']}/{task}/{n}")
-                w = make_window(
-                    sample, history, pred, task=task, rng=rng, size=(cfg.height, cfg.width)
-                )
+                try:
+                    w = make_window(
+                        sample, history, pred, task=task, rng=rng, size=(cfg.height, cfg.width)
+                    )
+                except DECODE_ERRORS as e:
+                    what = f"{type(e).__name__}: {str(e)[:200]}"
+                    raise Reject("undecodable_clip", f"{item['clip_key']}.mp4: {what}") from e
                 if w is None:
                     missing.append(f"{task}: needs {pred + (task == 'i2v')} frames")
                     break

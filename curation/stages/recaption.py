@@ -9,8 +9,11 @@ frames is a ``too_few_frames`` reject without decoding anything. An item's input
 sample, not its shard (``<shards folder>/<sample>#w<window>``), and its version is the
 window and the index's sha256 of the mp4: a clips rerun that repacks shards redoes nothing,
 a re-encoded clip is captioned again (with each recorded prompt version), and a sample gone
-from the index drops its captions. A shard gone from disk is ``missing_shard``, one that
-does not read (or whose mp4 differs from the index) ``unreadable_shard``.
+from the index drops its captions. A damaged clip is rejected as in encode-latents (whose
+shard-reading code this stage shares): ``missing_shard``, ``unreadable_shard``,
+``missing_sample``, ``missing_member``, ``sha256_mismatch`` (the mp4 differs from the
+index), ``bad_sample_json`` (its json, which the captioned copy carries, does not parse or
+misses a field: checked before any model time), ``empty_clip`` and ``undecodable_clip``.
 
 In a worker (an actor holding the captioner backend): each shard of the batch is read
 once, each clip decoded once, at tile size, and only at the frames its windows show
@@ -62,7 +65,7 @@ from curation.recaption import (
 )
 from curation.shards import iter_shard, read_index, write_shards
 from curation.stages.base import Outcome, Reject, Resources, Result, Stage, unexpected
-from curation.stages.encode_latents import check_members, shard_samples
+from curation.stages.encode_latents import check_members, check_mp4, sample_meta, shard_samples
 from curation.stages.parts import read_status
 from schemas.recaption import RECAPTION_SCHEMA
 
@@ -307,10 +310,15 @@ class RecaptionStage(Stage[RecaptionConfig]):
         preps = {}
         for shard, samples in by_shard.items():
             try:
-                for key, members in shard_samples(shard, samples, exts=("mp4",)):
+                for key, members in shard_samples(shard, samples, exts=("mp4", "json")):
                     items = samples.pop(key)
                     try:
                         check_members(shard, key, members, items[0]["clip"])
+                        if "json" not in members:
+                            detail = f"{key}.json is not in {Path(shard).name}"
+                            raise Reject("missing_member", detail)
+                        sample_meta(key, members["json"])
+                        check_mp4(key, members["mp4"])
                     except Reject as e:
                         for it in items:
                             outcomes[it["key"]] = Outcome.rejected(it, e.reason, e.detail)
