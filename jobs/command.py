@@ -21,13 +21,14 @@ from curation.dataroot import DataRootError
 from curation.locks import InUseError
 from curation.shards.read import IndexPathError
 from curation.shards.writer import ShardRewriteError
-from curation.stages.base import Stage, StaleConfigError
+from curation.stages.base import Reject, Stage, StaleConfigError
 from curation.stages.parts import PartRecordError
 from jobs.runner import JobError, RunOptions, run_stage
 
+# (a Reject out of a stage's discover: its one input file is unreadable, e.g. --prompts)
 USER_ERRORS = (
     StaleConfigError, JobError, DataRootError, FileNotFoundError, NotADirectoryError,
-    PartRecordError, IndexPathError, InUseError, ShardRewriteError,
+    PartRecordError, IndexPathError, InUseError, ShardRewriteError, Reject,
 )  # fmt: skip
 
 

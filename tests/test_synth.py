@@ -13,8 +13,10 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
 from curation.dataroot import DataRoot
 from curation.manifest import write_table
@@ -22,12 +24,15 @@ from curation.scores import NORMALIZE, top_k, total
 from curation.shards import read_index
 from curation.stages.synth_generate import (
     GENERATED_DATASET,
+    MAX_PROMPT_CHARS,
     SynthGenerateConfig,
     SynthGenerateStage,
+    prompt_key,
     write_video,
 )
 from curation.stages.synth_score import SynthScoreConfig, SynthScoreStage
 from curation.stages.synth_select import SynthSelectConfig, SynthSelectStage
+from jobs.cli import app
 from jobs.runner import RunOptions, run_stage
 from jobs.synth import run_synth
 from schemas.synth import GENERATED_SCHEMA
@@ -110,6 +115,34 @@ def test_wan_settings_are_checked():
         SynthGenerateConfig(resolution="720x1000")
     d = SynthGenerateConfig()
     assert (d.size, d.frames, d.fps, d.flow_shift) == ((720, 1280), 81, 16.0, 5.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "spoil", "reason"),
+    [("garbage.csv", garbage, "bad_csv"), ("empty.csv", lambda p: p.write_bytes(b""), "bad_csv"),
+     ("garbage.parquet", garbage, "bad_parquet"), ("garbage.txt", garbage, "bad_txt"),
+     ("other.csv", lambda p: p.write_text("id,words\np0,a fox\n"), "no_caption_column")],
+)  # fmt: skip
+def test_an_unreadable_prompts_file_stops_the_run_in_one_line(tmp_path, name, spoil, reason):
+    """The one --prompts file is the run's input: no traceback, nothing recorded."""
+    spoil(tmp_path / name)
+    root = tmp_path / "data"
+    out = CliRunner().invoke(app, ["synth-generate", "--prompts", str(tmp_path / name),
+                                   "--t2v", "tiny-random", "--root", str(root)])  # fmt: skip
+    assert out.exit_code == 1 and out.output.startswith(f"error: {reason}: "), out.output
+    assert len(out.output.strip().splitlines()) == 1
+    assert not DataRoot.at(root).rejects("synth_generate").exists()
+
+
+def test_a_prompt_too_long_for_any_caption_is_rejected_a_long_one_is_kept(tmp_path):
+    """100k characters is a quote left open that swallowed the rows after it; a prompt over
+    the encoder's tokens but of caption size is cut by the pipeline, as Wan does."""
+    long = "a fox walks " * 300  # over max_sequence_length tokens, under MAX_PROMPT_CHARS
+    rows = [("p0", long), ("p1", "x" * 100_000)]
+    cfg = SynthGenerateConfig(prompts=_prompts(tmp_path / "p.csv", rows), **TINY)
+    items = list(SynthGenerateStage(cfg, DataRoot.at(tmp_path / "data")).discover())
+    assert [it.get("reject", (None,))[0] for it in items] == [None, "prompt_too_long"]
+    assert len(long) < MAX_PROMPT_CHARS and "100,000 characters" in items[1]["reject"][1]
 
 
 # ---- builtin scores ----------------------------------------------------------------------------
@@ -259,6 +292,32 @@ class SynthGenerateCase:
     def relative(self, config: SynthGenerateConfig, base: Path) -> SynthGenerateConfig:
         return dataclasses.replace(config, prompts=config.prompts.relative_to(base))
 
+    not_applicable = {
+        "garbage": "the one --prompts file is the run's input: an unreadable one stops the run "
+        "in one line, recording nothing (test_an_unreadable_prompts_file_stops_the_run_in_one_line)",
+        "empty": "an empty --prompts file is bad_csv in one line, as garbage; a header alone "
+        "is found no inputs (the empty case)",
+        "truncated": "the one file again; cut mid-way it keeps its whole rows, and its cut row is "
+        "bad_csv_row when it lost fields (as the missing_field row) or else a shorter prompt",
+        "vanished": "an item carries its prompt: nothing is read from the file after discovery",
+    }
+
+    def damage(self, tmp: Path, config: SynthGenerateConfig) -> tuple[SynthGenerateConfig, dict]:
+        """Three more rows in the prompts file: an empty prompt, a 100k-character one and
+        one without its prompt field."""
+        _prompts(config.prompts, [*PROMPTS[:2], ("p9", " "), ("d_empty", ""),
+                                  ("d_long", "snow " * 20_000)])  # fmt: skip
+        with config.prompts.open("a") as f:
+            f.write("d_nofield\n")
+        return config, {
+            prompt_key("d_empty"): ("empty_text", "empty_prompt"),
+            prompt_key("d_long"): ("long_text", "prompt_too_long"),
+            prompt_key("prompts:5"): ("missing_field", "bad_csv_row"),  # the row's id is gone
+        }
+
+    def vanish(self, tmp: Path, items: list[dict]) -> dict:
+        return {}
+
 
 def _fake_generated(tmp: Path, names: list[str], missing: tuple[str, ...] = ()) -> None:
     """Generated-video rows + mp4s (known videos) under <tmp>/data, as synth-generate."""
@@ -275,8 +334,6 @@ def _fake_generated(tmp: Path, names: list[str], missing: tuple[str, ...] = ()) 
                      "path": f"clips/{GENERATED_DATASET}/{key}.mp4", "frames": 9, "fps": 16.0,
                      "width": 32, "height": 32, "steps": 1, "guidance_scale": 5.0,
                      "flow_shift": 3.0, "model_id": "test", "tiny_random": True})  # fmt: skip
-    import pyarrow as pa
-
     write_table(pa.Table.from_pylist(rows, GENERATED_SCHEMA), path, GENERATED_SCHEMA)
 
 
@@ -302,8 +359,6 @@ class SynthScoreCase:
         rows = pq.read_table(path).to_pylist()
         shutil.copy(root.path / rows[0]["path"], root.path / "clips" / "moved.mp4")
         rows[0]["path"] = "clips/moved.mp4"
-        import pyarrow as pa
-
         write_table(pa.Table.from_pylist(rows, GENERATED_SCHEMA), path, GENERATED_SCHEMA)
         return config
 
@@ -383,6 +438,53 @@ class SynthSelectCase:
 
     def relative(self, config: SynthSelectConfig, base: Path) -> SynthSelectConfig:
         return dataclasses.replace(config, inputs_root=config.inputs_root.relative_to(base))
+
+    not_applicable = {
+        "empty_text": "a scored video's prompt is an accepted synth_generate row: that stage "
+        "rejects empty_prompt",
+        "long_text": "a scored video's prompt is an accepted synth_generate row: that stage "
+        "rejects prompt_too_long",
+    }
+
+    def damage(self, tmp: Path, config: SynthSelectConfig) -> tuple[SynthSelectConfig, dict]:
+        """Three more scored videos whose mp4s are then garbage, empty and cut in half, and
+        one whose synth_generate row is then gone."""
+        _fake_generated(tmp, ["static_g", "static_e", "static_t", "moving_x"])
+        self._score(tmp)
+        _drop_generated(tmp, "syn_moving_x")
+        folder = DataRoot.at(tmp / "data").staging(GENERATED_DATASET)
+        garbage(folder / "syn_static_g.mp4")
+        (folder / "syn_static_e.mp4").write_bytes(b"")
+        truncate(folder / "syn_static_t.mp4")
+        return config, {
+            "syn_static_g": ("garbage", "not_a_video"),
+            "syn_static_e": ("empty", "empty_video"),
+            "syn_static_t": ("truncated", "truncated_video"),
+            "syn_moving_x": ("missing_field", "missing_generate_row"),
+        }
+
+    def vanish(self, tmp: Path, items: list[dict]) -> dict:
+        """The mp4 of a discovered scored video is deleted before it is probed."""
+        item = next(it for it in items if it["key"] == "syn_moving")
+        Path(item["input"]).unlink()
+        return {"syn_moving": ("vanished", "missing_video")}
+
+
+def _drop_generated(tmp: Path, key: str) -> None:
+    """Remove ``key``'s synth_generate row, as a synth-generate rerun without its prompt."""
+    path = DataRoot.at(tmp / "data").manifest("synth_generate")
+    rows = [r for r in pq.read_table(path).to_pylist() if r["key"] != key]
+    write_table(pa.Table.from_pylist(rows, GENERATED_SCHEMA), path, GENERATED_SCHEMA)
+
+
+def test_a_scored_video_without_its_generate_row_is_named(ray_local, tmp_path):
+    """Once it was missing_video, though its mp4 was there: the row was what was missing."""
+    _fake_generated(tmp_path, ["static", "moving"])
+    SynthSelectCase()._score(tmp_path)
+    _drop_generated(tmp_path, "syn_moving")
+    stage = SynthSelectStage(SynthSelectConfig(), DataRoot.at(tmp_path / "data"))
+    got = {it["key"]: it.get("reject", (None,))[0] for it in stage.discover()}
+    assert got == {"syn_static": None, "syn_moving": "missing_generate_row"}
 
 
 # ---- the vbench request path, against a stand-in vbench package ---------------------------------

@@ -7,7 +7,8 @@ Here:
   or any CSV/parquet with an id and a caption column) and cuts it into chunks of
   ``chunk_size`` rows; a chunk is one item, so a killed run resumes per chunk, and its
   version is its ids and captions, so a rerun after the file was edited redoes the chunks
-  whose rows changed (the input ``<file>#rows<a>-<b>`` names no file to compare);
+  whose rows changed (the input ``<file>#rows<a>-<b>`` names no file to compare). A chunk
+  carries its captions: nothing is read from the file after discovery;
 - ``process`` embeds a chunk's captions on an actor that loads the embedder once
   (``model.backends.load("embedder", ...)``: MiniLM by default), batched; rows go to
   ``manifests/dedup_captions.parquet`` with their L2-normalised embedding;
@@ -17,11 +18,21 @@ Here:
   earliest caption of a group is kept), then a seeded sample of ``n``. It writes
   ``manifests/captions_kept.parquet``, ``manifests/captions_removed.parquet``, the report
   fields and ``reports/dedup_captions_similarity.png``.
+
+Rejects (found while discovering; a file's as ``<stem>-all``, a row's as ``<stem>-row<r>``
+with input ``<file>#row<r>``, so one bad row never costs its file): ``unsupported_file``;
+``bad_csv`` / ``bad_parquet`` (a file that cannot be read: empty, not text, garbled);
+``no_caption_column``; ``bad_csv_row`` (more or fewer fields than the header: a file cut
+off mid-row ends in one); ``missing_caption`` (empty, or only spaces and punctuation);
+``caption_too_long`` (over ``--max-caption-chars``).
 """
 
 from __future__ import annotations
 
+import csv
+import gzip
 import re
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -47,42 +58,108 @@ CAPTION_FALLBACKS = ("caption", "text", "prompt", "description")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
-def read_caption_file(path: Path, id_column: str, caption_column: str) -> tuple[list, list, str]:
-    """``(ids, captions, id_column_used)`` of a CSV or parquet; missing values are ``""``.
+@dataclass(frozen=True)
+class CaptionRows:
+    """A caption file's data rows (blank lines skipped): ``ids[r]`` and ``captions[r]`` of
+    row ``r``, and in ``bad`` the ``(reason, detail)`` of a row that holds no usable fields
+    (its id and caption are then empty)."""
+
+    ids: list[str]
+    captions: list[str]
+    id_column: str
+    bad: dict[int, tuple[str, str]] = field(default_factory=dict)
+
+
+def _column(cols: list[str], configured: str, fallbacks: tuple[str, ...]) -> str | None:
+    return configured if configured in cols else next((c for c in fallbacks if c in cols), None)
+
+
+def read_caption_file(path: Path, id_column: str, caption_column: str) -> CaptionRows:
+    """The rows of a CSV/TSV (``.gz`` too) or parquet; a missing value is ``""``.
 
     A column named as configured is used; otherwise the first of the usual names that
-    exists. Without any id column the id is ``<file stem>:<row>``.
+    exists. Without any id column the id is ``<file stem>:<row>``. A file that cannot be
+    read at all raises ``Reject``; a CSV row with more or fewer fields than the header
+    (where a file cut off mid-row ends) is that row's ``bad_csv_row``, not the file's end.
     """
-    import pandas as pd
-
-    if path.suffix.lower() in (".parquet", ".pq"):
-        frame = pd.read_parquet(path)
-    elif path.suffix.lower() in (".csv", ".tsv", ".txt", ".gz"):
-        sep = "\t" if ".tsv" in path.suffixes else ","
-        try:  # an empty or garbled file is that file's reject, not the end of the job
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep)
-        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
-            raise Reject("bad_csv", f"{path.name}: {type(e).__name__}: {str(e)[:200]}") from e
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        cols, ids, captions, bad = _read_parquet(path, id_column, caption_column)
+    elif suffix in (".csv", ".tsv", ".txt", ".gz"):
+        cols, ids, captions, bad = _read_csv(path, id_column, caption_column)
     else:
         raise Reject("unsupported_file", f"{path.name}: expected .csv, .tsv or .parquet")
-    cols = list(frame.columns)
-    cap = (
-        caption_column
-        if caption_column in cols
-        else next((c for c in CAPTION_FALLBACKS if c in cols), None)
-    )
+    idc = _column(cols, id_column, ID_FALLBACKS)
+    ids = [v if v.strip() else f"{path.stem}:{r}" for r, v in enumerate(ids)]
+    return CaptionRows(ids, captions, idc or "(row number)", bad)
+
+
+def _columns_or_reject(path: Path, cols: list[str], id_column: str, caption_column: str):
+    cap = _column(cols, caption_column, CAPTION_FALLBACKS)
     if cap is None:
         raise Reject("no_caption_column", f"{path.name} has no {caption_column!r} column: {cols}")
-    idc = id_column if id_column in cols else next((c for c in ID_FALLBACKS if c in cols), None)
-    captions = ["" if v is None or v != v else str(v) for v in frame[cap].tolist()]
-    if idc is None:
-        ids = [f"{path.stem}:{r}" for r in range(len(frame))]
-    else:
-        ids = [
-            str(v) if v is not None and v == v and str(v).strip() else f"{path.stem}:{r}"
-            for r, v in enumerate(frame[idc].tolist())
-        ]
-    return ids, captions, idc or "(row number)"
+    return _column(cols, id_column, ID_FALLBACKS), cap
+
+
+def _read_parquet(path: Path, id_column: str, caption_column: str) -> tuple:
+    import pandas as pd
+
+    try:
+        frame = pd.read_parquet(path)
+    except (pa.ArrowException, OSError, ValueError) as e:  # empty, garbled, not parquet
+        raise Reject("bad_parquet", f"{path.name}: {type(e).__name__}: {str(e)[:200]}") from e
+    cols = [str(c) for c in frame.columns]
+    frame.columns = cols
+    idc, cap = _columns_or_reject(path, cols, id_column, caption_column)
+
+    def text(column: str | None) -> list[str]:
+        if column is None:
+            return [""] * len(frame)
+        return ["" if v is None or v != v else str(v) for v in frame[column].tolist()]
+
+    return cols, text(idc), text(cap), {}
+
+
+def _read_csv(path: Path, id_column: str, caption_column: str) -> tuple:
+    """With the csv module rather than pandas, so that one ragged row is that row's reject."""
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    sep = "\t" if ".tsv" in [s.lower() for s in path.suffixes] else ","
+    ids: list[str] = []
+    captions: list[str] = []
+    bad: dict[int, tuple[str, str]] = {}
+    limit = csv.field_size_limit(2**31 - 1)  # a huge caption is its row's reject, not the file's
+    try:
+        with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter=sep)
+            cols = next(reader, [])
+            if not any(c.strip() for c in cols):
+                raise Reject("bad_csv", f"{path.name}: no header row (the file is empty)")
+            idc, cap = _columns_or_reject(path, cols, id_column, caption_column)
+            id_at, cap_at = (cols.index(idc) if idc else None), cols.index(cap)
+            for record in reader:
+                if not record:  # a blank line
+                    continue
+                if len(record) != len(cols):
+                    bad[len(ids)] = ("bad_csv_row", f"line {reader.line_num} has {len(record)} "
+                                     f"fields, the header {len(cols)} (a file cut off mid-row?)")  # fmt: skip
+                    record = [""] * len(cols)
+                ids.append("" if id_at is None else record[id_at])
+                captions.append(record[cap_at])
+    except (csv.Error, UnicodeDecodeError, OSError, EOFError, zlib.error) as e:
+        raise Reject("bad_csv", f"{path.name}: {type(e).__name__}: {str(e)[:200]}") from e
+    finally:
+        csv.field_size_limit(limit)
+    return cols, ids, captions, bad
+
+
+def caption_problem(caption: str, max_chars: int) -> tuple[str, str] | None:
+    """``(reason, detail)`` when a caption cannot take part in the dedup, else ``None``."""
+    if not normalise(caption):
+        shown = f" ({caption[:40]!r} has no words)" if caption else ""
+        return "missing_caption", f"the caption is empty{shown}"
+    if len(caption) > max_chars:
+        return "caption_too_long", f"{len(caption)} characters, --max-caption-chars {max_chars}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -105,6 +182,11 @@ class DedupCaptionsConfig:
     threshold: float = option(0.9, "Cosine similarity at or above which captions duplicate.")
     n: int = option(80_000, "Captions to sample from the kept ones (all when fewer).")
     seed: int = option(0, "Seed of the sample.")
+    max_caption_chars: int = option(
+        10_000,
+        "Longer captions are rejected (caption_too_long): far past any real caption and past "
+        "what the embedder and the text encoders read.",
+    )
     chunk_size: int = option(4096, "Captions per work item (embedded and committed together).")
     embed_batch_size: int = option(128, "Captions per embedder forward pass.", output=False)
     n_clusters: int | None = option(
@@ -116,8 +198,8 @@ class DedupCaptionsConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"threshold {self.threshold} must be in (0, 1]")
-        if self.n < 0 or self.chunk_size < 1 or self.embed_batch_size < 1:
-            raise ValueError("n >= 0, chunk_size >= 1 and embed_batch_size >= 1")
+        if self.n < 0 or min(self.chunk_size, self.embed_batch_size, self.max_caption_chars) < 1:
+            raise ValueError("n >= 0; chunk_size, embed_batch_size, max_caption_chars >= 1")
 
 
 class DedupCaptionsStage(Stage[DedupCaptionsConfig]):
@@ -126,7 +208,8 @@ class DedupCaptionsStage(Stage[DedupCaptionsConfig]):
     Reads the --captions files (OpenVid-1M CSV or any CSV/parquet with an id and a caption
     column), embeds them in chunks on an actor per model, then removes duplicates at
     --threshold cosine (the earliest caption of a group is kept) and samples --n with
-    --seed. Writes manifests/dedup_captions.parquet (embeddings), captions_kept.parquet,
+    --seed. A row without a usable caption is a reject of its own (module doc). Writes
+    manifests/dedup_captions.parquet (embeddings), captions_kept.parquet,
     captions_removed.parquet, reports/dedup_captions.json and a similarity histogram.
     Rerunning resumes per chunk; the dedup itself always covers every caption embedded.
     """
@@ -136,7 +219,7 @@ class DedupCaptionsStage(Stage[DedupCaptionsConfig]):
     tables = {"dedup_captions": CAPTION_EMBEDDINGS_SCHEMA}
     sort_by = {"dedup_captions": ["source", "row"]}
     # what a chunk's rows are made from: an edited caption or id redoes its chunk only
-    version_fields = ("ids", "captions")
+    version_fields = ("ids", "captions", "rows")
 
     @property
     def resources(self) -> Resources:  # type: ignore[override]
@@ -156,21 +239,31 @@ class DedupCaptionsStage(Stage[DedupCaptionsConfig]):
                 raise FileNotFoundError(f"caption file {path} not found")
             stem = _UNSAFE.sub("_", path.stem)[:80] or "captions"
             try:
-                ids, captions, _ = read_caption_file(
-                    path, self.config.id_column, self.config.caption_column
-                )
+                table = read_caption_file(path, self.config.id_column, self.config.caption_column)
             except Reject as e:
                 yield {"key": f"{stem}-all", "input": str(path), "reject": (e.reason, e.detail)}
                 continue
-            for c, start in enumerate(range(0, len(ids), size)):
-                end = min(start + size, len(ids))
-                yield {
+            for c, start in enumerate(range(0, len(table.ids), size)):
+                end = min(start + size, len(table.ids))
+                rows = []
+                for r in range(start, end):
+                    problem = table.bad.get(r) or caption_problem(
+                        table.captions[r], self.config.max_caption_chars
+                    )
+                    if problem is None:
+                        rows.append(r)
+                        continue
+                    reason, detail = problem
+                    where = f"{path.name} row {r} ({table.ids[r]})"
+                    yield {"key": f"{stem}-row{r}", "input": f"{path}#row{r}",
+                           "reject": (reason, f"{where}: {detail}")}  # fmt: skip
+                yield {  # a chunk of bad rows only is still the chunk: its rows are redone
                     "key": f"{stem}-{c:05d}",
                     "input": f"{path}#rows{start}-{end - 1}",
                     "source": str(path),
-                    "start": start,
-                    "ids": ids[start:end],
-                    "captions": captions[start:end],
+                    "rows": rows,
+                    "ids": [table.ids[r] for r in rows],
+                    "captions": [table.captions[r] for r in rows],
                 }
 
     def setup(self) -> None:
@@ -188,12 +281,13 @@ class DedupCaptionsStage(Stage[DedupCaptionsConfig]):
         return Result(outcomes, {"dedup_captions": rows})
 
     def _embed_chunk(self, item: dict) -> list[dict]:
-        hashes = [text_hash(c) if normalise(c) else "" for c in item["captions"]]
+        hashes = [text_hash(c) for c in item["captions"]]
         first: dict[str, int] = {}
         for n, h in enumerate(hashes):
-            if h:
-                first.setdefault(h, n)
+            first.setdefault(h, n)
         todo = sorted(first.values())
+        if not todo:  # every row of the chunk is a reject
+            return []
         emb = self.embedder.embed([item["captions"][n] for n in todo])
         if emb.shape != (len(todo), self.embedder.dim):
             raise RuntimeError(f"embedder returned {emb.shape} for {len(todo)} captions")
@@ -205,7 +299,7 @@ class DedupCaptionsStage(Stage[DedupCaptionsConfig]):
                 "id": item["ids"][n],
                 "chunk": item["key"],
                 "source": item["source"],
-                "row": item["start"] + n,
+                "row": item["rows"][n],
                 "caption": cap,
                 "text_hash": hashes[n],
                 "embedding": vec.get(n, empty).tolist(),
@@ -287,9 +381,7 @@ def dedup_table(table: pa.Table, cfg: DedupCaptionsConfig, sources: list[str]) -
     seen_ids: set[str] = set()
     groups: dict[str, list[int]] = {}
     for r in order:
-        if not hashes[r]:
-            remove(r, "missing_caption", None, None)
-        elif ids[r] in seen_ids:
+        if ids[r] in seen_ids:
             remove(r, "duplicate_id", None, None)
         else:
             groups.setdefault(hashes[r], []).append(r)

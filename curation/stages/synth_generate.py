@@ -8,6 +8,14 @@ An actor per model copy (``--gpus 1``: one per GPU) loads the pipeline once in `
 each prompt gets its own seed (from ``--seed`` and the prompt id), its mp4 at ``--fps``
 with the settings in the container's ``comment`` tag and in a ``<key>.json`` beside it,
 under ``clips/synthetic-generated/``. ``tiny-random`` is marked in every row and json.
+
+A prompt is rejected ``empty_prompt``, ``prompt_too_long`` (over ``MAX_PROMPT_CHARS``) or,
+a CSV row with more or fewer fields than the header (where a file cut off mid-row ends),
+``bad_csv_row``; a prompt merely longer than the text encoder's ``--max-sequence-length``
+tokens is cut to them by the pipeline, as Wan does. A ``--prompts`` file that cannot be read
+(``bad_csv``, ``bad_parquet``, ``bad_txt``, ``no_caption_column``, ``unsupported_file``) is
+the run's one input: the run stops with that reason in one line and records nothing, so the
+fixed file then runs as if it were the first.
 """
 
 from __future__ import annotations
@@ -26,11 +34,16 @@ import pyarrow.parquet as pq
 from curation.config import option
 from curation.manifest import atomic_write_bytes
 from curation.provenance import code_version
-from curation.stages.base import Resources, Stage
+from curation.stages.base import Reject, Resources, Stage
 from curation.video import H264Writer, parse_resolution
 from schemas.synth import CAPTIONS_KEPT_SCHEMA, GENERATED_SCHEMA
 
 GENERATED_DATASET = "synthetic-generated"  # clips/<this>/: generated, not yet selected
+
+# Five times what the text encoder reads (512 UMT5 tokens, about 2,000 characters): no caption
+# is this long, but a CSV quote left open swallows the rows after it into one "prompt", and a
+# video of its first tokens would be made from the wrong text.
+MAX_PROMPT_CHARS = 10_000
 
 
 def prompt_key(prompt_id: str) -> str:
@@ -80,7 +93,9 @@ class SynthGenerateConfig:
     guidance_scale: float = option(5.0, "Classifier-free guidance scale (CFG when > 1).")
     flow_shift: float = option(5.0, "UniPC flow shift: 5.0 for 720p, 3.0 for 480p.")
     negative_prompt: str | None = option(None, "Negative prompt (default: none).")
-    max_sequence_length: int = option(512, "Prompt tokens (UMT5).")
+    max_sequence_length: int = option(
+        512, "Prompt tokens the text encoder (UMT5) reads; a longer prompt is cut to them."
+    )
     seed: int = option(0, "Base seed; each prompt's seed derives from it and the prompt id.")
     crf: int = option(18, "libx264 constant rate factor of the mp4.")
     id_column: str = option("video", "Id column of a CSV/parquet --prompts.", output=False)
@@ -135,8 +150,9 @@ class SynthGenerateStage(Stage[SynthGenerateConfig]):
     def provenance_extra(self) -> dict:
         return {"prompts": str(self.config.prompts or self.root.manifest("captions_kept"))}
 
-    def _prompt_rows(self) -> Iterator[tuple[str, str, str]]:
-        """(prompt id, prompt, input) of every prompt, in order."""
+    def _prompt_rows(self) -> Iterator[tuple[str, str, str, tuple[str, str] | None]]:
+        """(prompt id, prompt, input, the row's reject or None) of every prompt, in order;
+        a Reject when the --prompts file cannot be read (see the module docstring)."""
         cfg = self.config
         if cfg.prompts is None:
             path = self.root.manifest("captions_kept")
@@ -144,29 +160,41 @@ class SynthGenerateStage(Stage[SynthGenerateConfig]):
                 raise FileNotFoundError(f"{path} not found: run `yume-data dedup-captions` first")
             for r in pq.read_table(path, schema=CAPTIONS_KEPT_SCHEMA).to_pylist():
                 if r["sampled"]:
-                    yield r["id"], r["caption"], f"{path}:{r['id']}"
+                    yield r["id"], r["caption"], f"{path}:{r['id']}", None
             return
         path = Path(cfg.prompts)
         if not path.is_file():
             raise FileNotFoundError(f"--prompts {path} not found")
         if path.suffix.lower() == ".txt":
-            for n, line in enumerate(path.read_text().splitlines()):
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except UnicodeDecodeError as e:
+                raise Reject("bad_txt", f"--prompts {path}: not UTF-8 text ({e})") from e
+            for n, line in enumerate(lines):
                 if line.strip():
-                    yield f"{path.stem}:{n}", line.strip(), f"{path}:{n + 1}"
+                    yield f"{path.stem}:{n}", line.strip(), f"{path}:{n + 1}", None
             return
         from curation.stages.dedup_captions import read_caption_file
 
-        ids, caps, _ = read_caption_file(path, cfg.id_column, cfg.caption_column)
-        for n, (pid, cap) in enumerate(zip(ids, caps, strict=True)):
-            yield pid, cap, f"{path}:{n}"
+        rows = read_caption_file(path, cfg.id_column, cfg.caption_column)  # Rejects: bad_csv, ...
+        for n, (pid, cap) in enumerate(zip(rows.ids, rows.captions, strict=True)):
+            yield pid, cap, f"{path}:{n}", rows.bad.get(n)
 
     def discover(self) -> Iterator[dict]:
         for tmp in self.staging.glob(".*.tmp"):  # a killed run's temporaries
             tmp.unlink(missing_ok=True)
-        for pid, prompt, where in self._prompt_rows():
+        for pid, prompt, where, bad in self._prompt_rows():
             item = {"key": prompt_key(pid), "input": where, "prompt_id": pid, "prompt": prompt}
-            if not prompt.strip():
-                item["reject"] = ("empty_prompt", f"prompt {pid!r} is empty")
+            if bad:  # a CSV row with more or fewer fields than the header: bad_csv_row
+                item["reject"] = (bad[0], f"{where}: {bad[1]}")
+            elif not prompt.strip():
+                item["reject"] = ("empty_prompt", f"prompt {pid!r} ({where}) has no text")
+            elif len(prompt) > MAX_PROMPT_CHARS:
+                item["reject"] = (
+                    "prompt_too_long",
+                    f"prompt {pid!r} ({where}) has {len(prompt):,} characters, more than "
+                    f"{MAX_PROMPT_CHARS:,}: is a quote left open? It starts {prompt[:40]!r}",
+                )
             yield item
 
     def setup(self) -> None:

@@ -3,8 +3,10 @@
 Yume-1.5 kept the best 50,000 of 80,000 generated videos by VBench. ``discover`` ranks
 every scored video of ``manifests/synth_score.parquet`` by total (descending, ties by key;
 ``curation.scores.top_k``): the first K are items, the rest are rejected ``below_top_k``
-with their rank. ``process`` probes each selected video (one that does not open as a video
-of the frames synth_generate recorded is rejected with the reason) and stages it as a clip
+with their rank; a selected video without a synth_generate row is rejected
+``missing_generate_row`` (synth_generate changed, synth_score was not rerun). ``process``
+probes each selected video (``missing_video``; one that does not open as a video of the
+frames synth_generate recorded is rejected with the reason) and stages it as a clip
 sample (source ``synthetic``, task ``t2v``, its scores and prompt) under
 ``clips/synthetic/``; ``finalize`` packs them through the one shard writer into
 ``shards/synthetic/`` and plots the score distribution with the cut line.
@@ -124,7 +126,8 @@ class SynthSelectStage(Stage[SynthSelectConfig]):
         if not ranking:
             return
         gen = self.inputs.staging(GENERATED_DATASET)
-        table = pq.read_table(self.inputs.manifest("synth_generate"), schema=GENERATED_SCHEMA)
+        table_path = self.inputs.manifest("synth_generate")
+        table = pq.read_table(table_path, schema=GENERATED_SCHEMA)
         generated = {r["key"]: r for r in table.to_pylist()}
         scores: dict[str, dict] = {}
         for r in pq.read_table(self.inputs.manifest("scores"), schema=SCORES_SCHEMA).to_pylist():
@@ -134,6 +137,9 @@ class SynthSelectStage(Stage[SynthSelectConfig]):
                     "generated": generated.get(key), "scores": scores.get(key, {})}  # fmt: skip
             if not selected:
                 item["reject"] = (BELOW, f"rank {rank} of {n}, total {t:.6f} < cut {cut:.6f}")
+            elif item["generated"] is None:
+                item["reject"] = ("missing_generate_row", f"{key} is scored but {table_path} "
+                                  "has no row of it: rerun `yume-data synth-score`")  # fmt: skip
             yield item
 
     def forget(self, keys: set[str]) -> None:
@@ -150,7 +156,7 @@ class SynthSelectStage(Stage[SynthSelectConfig]):
     def process_item(self, item: dict) -> dict[str, list[dict]]:
         mp4 = Path(item["input"])
         g = item["generated"]
-        if g is None or not mp4.is_file():
+        if not mp4.is_file():
             raise Reject("missing_video", f"{mp4} not found")
         probe(mp4, g["frames"])
         meta = {
