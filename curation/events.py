@@ -9,7 +9,8 @@ ran them through Wan2.2 image-to-video. This module holds what needs no model:
   a seeded rotation, descriptions in a seeded order); seeded per image, so adding images
   or raising ``per_image`` only adds pairs and never changes one already made;
 - ``check_image``: an image fit to condition a video, or the reason it is not
-  (``image_unreadable``, ``image_too_small``, ``image_not_rgb``);
+  (``missing_image``, ``empty_image``, ``image_unreadable``, ``image_too_small``,
+  ``image_not_rgb``);
 - ``snap_resolution``: the output size with the image's aspect, multiples of 16, within an
   area budget (the ``WanImageToVideoPipeline`` docstring's rule).
 """
@@ -20,6 +21,8 @@ import csv
 import hashlib
 import math
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -57,38 +60,44 @@ class Description:
 def read_descriptions(path: str | Path) -> list[Description]:
     """The descriptions of a ``category,text`` CSV, in file order.
 
-    Raises DescriptionsError naming each bad row (unknown category, empty or overlong text,
-    a text repeated within its category) and a missing header; FileNotFoundError if absent.
+    Raises DescriptionsError naming each bad row (unknown category, a missing, empty or
+    overlong text, more fields than the header: an unquoted comma would cut the text, a
+    text repeated within its category), a missing header, a file that is not UTF-8 text or
+    not CSV; FileNotFoundError if absent. Why refuse the file rather than reject rows: the
+    pairing draws from every description, so a row fixed later would re-pair most images.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"descriptions file {path} not found")
-    with path.open(newline="", encoding="utf-8") as f:
+    problems: list[str] = []
+    out: list[Description] = []
+    with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's BOM
         reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        if not {"category", "text"} <= set(header):
-            raise DescriptionsError(f"{path}: header must have category,text columns, got {header}")
-        out: list[Description] = []
-        problems: list[str] = []
-        seen: dict[tuple[str, str], int] = {}
-        for row_no, rec in enumerate(reader, start=2):
-            cat = (rec.get("category") or "").strip()
-            text = " ".join((rec.get("text") or "").split())
-            if cat not in CATEGORIES:
-                problems.append(
-                    f"row {row_no}: unknown category {cat!r} (one of {', '.join(CATEGORIES)})"
+        row_no = 0  # the last record read (the header is record 1): csv may give up after it
+        try:
+            header = reader.fieldnames or []
+            row_no = 1
+            if not {"category", "text"} <= set(header):
+                raise DescriptionsError(
+                    f"{path}: header must have category,text columns, got {header}"
                 )
-            elif not text:
-                problems.append(f"row {row_no}: empty text")
-            elif len(text) > MAX_TEXT_CHARS:
-                problems.append(
-                    f"row {row_no}: text of {len(text)} characters (max {MAX_TEXT_CHARS})"
-                )
-            elif (cat, text.lower()) in seen:
-                problems.append(f"row {row_no}: repeats row {seen[cat, text.lower()]}")
-            else:
+            seen: dict[tuple[str, str], int] = {}
+            for rec in reader:
+                row_no += 1
+                cat = (rec.get("category") or "").strip()
+                text = " ".join((rec.get("text") or "").split())
+                problem = _row_problem(rec, len(header), cat, text)
+                if problem is None and (cat, text.lower()) in seen:
+                    problem = f"repeats row {seen[cat, text.lower()]}"
+                if problem is not None:
+                    problems.append(f"row {row_no}: {problem}")
+                    continue
                 seen[cat, text.lower()] = row_no
                 out.append(Description(cat, text, row_no))
+        except UnicodeDecodeError as e:
+            raise DescriptionsError(f"{path}: not UTF-8 text ({e.reason})") from None
+        except csv.Error as e:  # a field over csv's size limit, a NUL byte
+            problems.append(f"row {row_no + 1}: not readable as CSV ({e})")
     if problems:
         shown = "; ".join(problems[:5]) + (
             f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
@@ -97,6 +106,23 @@ def read_descriptions(path: str | Path) -> list[Description]:
     if not out:
         raise DescriptionsError(f"{path}: no descriptions")
     return out
+
+
+def _row_problem(rec: dict, fields: int, category: str, text: str) -> str | None:
+    """What is wrong with one CSV record (``category``, ``text``: its values, tidied), or None."""
+    if None in rec:  # DictReader's place for the fields past the header
+        return (
+            f"{fields + len(rec[None])} fields, the header has {fields} (quote a text with commas)"
+        )
+    if category not in CATEGORIES:
+        return f"unknown category {category!r} (one of {', '.join(CATEGORIES)})"
+    if rec.get("text") is None:  # DictReader's value for the fields a short row lacks
+        return "no text field"
+    if not text:
+        return "empty text"
+    if len(text) > MAX_TEXT_CHARS:
+        return f"text of {len(text)} characters (max {MAX_TEXT_CHARS})"
+    return None
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -167,23 +193,45 @@ class ImageCheck:
     detail: str | None = None
 
 
+@contextmanager
+def _strict_decoding() -> Iterator[None]:
+    """PIL's process-wide ``LOAD_TRUNCATED_IMAGES`` off while inside: any library may have
+    set it, and then a JPEG cut in half decodes without error as a half-grey image."""
+    from PIL import ImageFile
+
+    was = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = was
+
+
 def check_image(path: str | Path, min_side: int) -> ImageCheck:
     """Decode ``path`` fully and check it; EXIF orientation is applied.
 
-    Rejected: anything that does not decode completely (``image_unreadable``: truncated
-    JPEG, a text file named .jpg, a decompression bomb), a shorter side under ``min_side``
-    pixels (``image_too_small``), and every mode but RGB (``image_not_rgb``: grayscale,
-    CMYK, RGBA and palette images too; an alpha channel or a palette would need a guess at
-    a background or a colour conversion we would rather see done on purpose).
+    Rejected: a file gone since it was listed (``missing_image``), a file of 0 bytes
+    (``empty_image``), anything that does not decode completely (``image_unreadable``:
+    truncated JPEG, a text file named .jpg, a decompression bomb; strictly, whatever
+    ``LOAD_TRUNCATED_IMAGES`` says), a shorter side under ``min_side`` pixels
+    (``image_too_small``), and every mode but RGB (``image_not_rgb``: grayscale, CMYK,
+    RGBA and palette images too; an alpha channel or a palette would need a guess at a
+    background or a colour conversion we would rather see done on purpose).
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        if path.stat().st_size == 0:
+            return ImageCheck(None, "empty_image", f"{path.name}: an empty file (0 bytes)")
+        with _strict_decoding(), Image.open(path) as im:
             im.load()  # decode everything now: a truncated file fails here, not later
             mode, size = im.mode, im.size
             image = ImageOps.exif_transpose(im) if mode == "RGB" else None
+    except FileNotFoundError:
+        return ImageCheck(
+            None, "missing_image", f"{path}: no such file (deleted or moved after it was listed)"
+        )
     except (
         UnidentifiedImageError,
         OSError,

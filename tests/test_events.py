@@ -33,12 +33,14 @@ from curation.events import (
 from curation.sample_images import write_sample_images
 from curation.shards.writer import staged_samples
 from curation.stages.events import EVENT_GENERATED, EventsConfig, EventsStage
+from jobs import runner
 from jobs.command import standalone
 from jobs.events import PRESETS
 from jobs.runner import RunOptions, run_stage
 from schemas.events import EVENTS_SCHEMA
 from schemas.sample import validate_sample
 from schemas.synth import SCORES_SCHEMA
+from tests.conftest import garbage, truncate
 
 TINY = dict(i2v="tiny-random", max_area=48 * 48, frames=9, steps=2, max_sequence_length=16,
             min_image_side=16)  # fmt: skip
@@ -68,8 +70,10 @@ def write_bad_images(folder: Path) -> dict[str, str]:
     Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).save(folder / "tiny.png")
     Image.fromarray((rng.random((64, 64)) * 255).astype(np.uint8), "L").save(folder / "gray.png")
     (folder / "notes.jpg").write_text("this is a text file, not a JPEG\n")
+    (folder / "empty.jpg").write_bytes(b"")
     return {"truncated.jpg": "image_unreadable", "tiny.png": "image_too_small",
-            "gray.png": "image_not_rgb", "notes.jpg": "image_unreadable"}  # fmt: skip
+            "gray.png": "image_not_rgb", "notes.jpg": "image_unreadable",
+            "empty.jpg": "empty_image"}  # fmt: skip
 
 
 # ---- descriptions and pairing --------------------------------------------------------------------
@@ -96,6 +100,28 @@ def test_bad_description_rows_are_named_by_row_number(tmp_path):
         read_descriptions(tmp_path / "h.csv")
     with pytest.raises(ValueError, match="row 3"):  # the config reports it as one line
         EventsConfig(descriptions=bad)
+
+
+def test_damaged_description_files_are_refused_naming_the_row(tmp_path):
+    """The text failure classes of the descriptions: each refuses the run in one line."""
+    rows = {
+        "long": "category,text\nweather,rain\nfantasy," + "a" * 200_000 + "\n",  # > csv's limit
+        "missing": "category,text\nweather,rain\nfantasy\n",
+        "extra": "category,text\nweather,rain, then snow\n",  # an unquoted comma
+    }
+    for name, text in rows.items():
+        (tmp_path / f"{name}.csv").write_text(text)
+    for name, want in [("long", "row 3: not readable as CSV (field larger"),
+                       ("missing", "row 3: no text field"),
+                       ("extra", "row 2: 3 fields, the header has 2")]:  # fmt: skip
+        with pytest.raises(DescriptionsError) as e:
+            read_descriptions(tmp_path / f"{name}.csv")
+        assert want in str(e.value) and str(tmp_path / f"{name}.csv") in str(e.value), name
+    garbage(tmp_path / "garbage.csv")
+    with pytest.raises(DescriptionsError, match="garbage.csv: not UTF-8 text"):
+        read_descriptions(tmp_path / "garbage.csv")
+    (tmp_path / "bom.csv").write_text("\ufeffcategory,text\nweather,rain\n")  # a spreadsheet's
+    assert [d.text for d in read_descriptions(tmp_path / "bom.csv")] == ["rain"]
 
 
 def test_pairing_is_seeded_balanced_and_only_grows():
@@ -134,6 +160,24 @@ def test_image_checks_give_each_bad_image_its_reason(tmp_path, fixtures_dir):
         w, h = Image.open(p).size
         assert ok.reason is None and ok.rgb.shape == (h, w, 3) and ok.rgb.dtype == np.uint8
         assert check_image(p, min_side=h + 1).reason == "image_too_small"
+
+
+def test_a_truncated_image_is_rejected_even_if_pil_is_told_to_load_truncated(tmp_path, monkeypatch):
+    """Another library may set PIL's process-wide flag; a half JPEG must not pass as a
+    half-grey image."""
+    from PIL import ImageFile
+
+    path = write_sample_images(tmp_path, 1, size=(96, 40))[0]
+    truncate(path)
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    got = check_image(path, min_side=16)
+    assert got.rgb is None and got.reason == "image_unreadable" and "truncated" in got.detail
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # put back as it was
+
+
+def test_an_image_gone_since_discovery_is_missing_image(tmp_path):
+    got = check_image(tmp_path / "gone.jpg", min_side=16)
+    assert got.reason == "missing_image" and "gone.jpg" in got.detail
 
 
 def test_exif_orientation_is_applied(tmp_path):
@@ -210,7 +254,7 @@ def test_tiny_random_events_frames_fps_metadata_resume_bad_images(
     s = run_stage(EventsStage, cfg, _opts(tmp_path / "data"))
     assert s["accepted"] == 2 and s["tiny_random"] and s["videos"] == 2
     assert s["rejects_by_reason"] == {"image_unreadable": 2, "image_too_small": 1,
-                                      "image_not_rgb": 1}  # fmt: skip
+                                      "image_not_rgb": 1, "empty_image": 1}  # fmt: skip
     assert sum(s["videos_per_category"].values()) == 2 and "tiny-random" in s["notes"][0]
     root = DataRoot.at(tmp_path / "data")
     assert Path(s["category_plot"]).is_file()
@@ -324,3 +368,38 @@ class EventsCase:
 
     def relative(self, config: EventsConfig, base: Path) -> EventsConfig:
         return dataclasses.replace(config, images=config.images.relative_to(base))
+
+    _why = (
+        "the descriptions are not inputs of their own: a bad --descriptions row refuses the "
+        "run before any work, naming the row (test_damaged_description_files_are_refused_"
+        "naming_the_row), as every pair draws on the whole list"
+    )
+    not_applicable = {"empty_text": _why, "long_text": _why, "missing_field": _why}
+
+    def damage(self, tmp: Path, config: EventsConfig) -> tuple[EventsConfig, dict]:
+        """Three copies of the good image, garbage, empty and cut in half, and one kept
+        whole (``vanish`` deletes the original)."""
+        source = config.images / "fpv_sample_0000.jpg"
+        spoil = {"dmg_garbage.jpg": garbage, "dmg_empty.jpg": lambda p: p.write_bytes(b""),
+                 "dmg_truncated.jpg": truncate}  # fmt: skip
+        for name in [*spoil, "second.jpg"]:
+            shutil.copy(source, config.images / name)
+        for name, spoiled in spoil.items():
+            spoiled(config.images / name)
+        keys = self._keys(tmp, config)
+        return config, {
+            keys["dmg_garbage.jpg"]: ("garbage", "image_unreadable"),
+            keys["dmg_empty.jpg"]: ("empty", "empty_image"),
+            keys["dmg_truncated.jpg"]: ("truncated", "image_unreadable"),
+        }
+
+    def vanish(self, tmp: Path, items: list[dict]) -> dict:
+        """The good image of the build is deleted before its pair is made."""
+        item = next(it for it in items if Path(it["image"]).name == "fpv_sample_0000.jpg")
+        Path(item["image"]).unlink()
+        return {item["key"]: ("vanished", "missing_image")}
+
+    def _keys(self, tmp: Path, config: EventsConfig) -> dict[str, str]:
+        """Image file name -> the key of its one pair (per_image 1), as the stage finds them."""
+        items, _ = runner.discover(EventsStage(config, DataRoot.at(tmp / "data")))
+        return {Path(it["image"]).name: it["key"] for it in items}

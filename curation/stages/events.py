@@ -11,7 +11,9 @@ larger ``--per-image``) only adds pairs; a pair whose image file changed since i
 (its input ``<image>#<description id>`` names no file, so the image is a ``files`` version
 field; the description is its id, a hash of the text). An actor per model copy (``--gpus 1``: one per GPU)
 loads the pipeline and the scorer once in ``setup``. Per pair: the image is checked (bad
-ones are rejects: ``image_unreadable``, ``image_too_small``, ``image_not_rgb``), the output
+ones are rejects: ``missing_image`` (gone since discovery), ``empty_image``,
+``image_unreadable`` (not an image, or cut short), ``image_too_small``, ``image_not_rgb``;
+a bad ``--descriptions`` row refuses the run before any work, naming the row), the output
 size is snapped to the image's aspect within ``--max-area`` (multiples of 16), the image is
 resized to cover it and centre-cropped, the video is generated with the pair's own seed,
 written as ``clips/event-generated/<key>.mp4`` (settings in the container's ``comment``),
@@ -133,7 +135,8 @@ class EventsStage(Stage[EventsConfig]):
     category,text; default: the shipped starter set), generates one video per pair, scores
     it, and stages clips/event-generated/<key>.mp4 + .txt + .json (source event) for
     screening. Writes manifests/events.parquet, manifests/event_scores.parquet, the rejects
-    (bad images: image_unreadable, image_too_small, image_not_rgb) and reports/events.json
+    (bad images: missing_image, empty_image, image_unreadable, image_too_small, image_not_rgb;
+    a bad --descriptions row refuses the run, naming the row) and reports/events.json
     with a plot per category. --i2v tiny-random: tiny random weights (tests, demos; marked).
     """
 
