@@ -32,7 +32,7 @@ demo: setup
 	$(BIN)/yume-data encode-latents --preset tiny --root $(DATA)
 	$(BIN)/yume-data recaption --preset tiny --root $(DATA) --window-seconds 10
 	$(BIN)/python -m curation.sample_openvid $(DATA)/sample-openvid/OpenVid-sample.csv 400 0
-	$(BIN)/yume-data dedup-captions --captions $(DATA)/sample-openvid/OpenVid-sample.csv --n 4 --root $(DATA)
+	$(BIN)/yume-data dedup-captions --captions $(DATA)/sample-openvid/OpenVid-sample.csv --n 4 --root $(DATA) || test $$? -eq 3  # 3: the sample rows without a caption are rejects
 	$(BIN)/yume-data synth --t2v tiny-random --resolution 32x32 --frames 9 --steps 2 --top-k 3 --root $(DATA) || test $$? -eq 3  # 3: the videos below the top k are rejects
 	test -d $(DATA)/sample-images || $(BIN)/python -m curation.sample_images $(DATA)/sample-images 4
 	$(BIN)/yume-data events --preset tiny --images $(DATA)/sample-images --root $(DATA)

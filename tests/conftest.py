@@ -31,14 +31,20 @@ def ray_local():
     ray.shutdown()
 
 
-# The kill-and-rerun contract check of the model-backed stages runs with the slow tests: the
-# default run still puts every stage through the accounting and rerun checks.
+# The kill-and-rerun, more-inputs and damaged-input contract checks of the model-backed
+# stages run with the slow tests: the default run still puts every stage through the
+# accounting and rerun checks.
 HEAVY_CONTRACT = ("synth_generate", "encode_latents", "events", "recaption")
+HEAVY_CHECKS = (
+    "test_killed_run_then_rerun_equals_a_clean_run",
+    "test_more_inputs_are_added_and_a_moved_key_is_refused",
+    "test_generic_input_failures_are_named_rejects",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.originalname == "test_killed_run_then_rerun_equals_a_clean_run" and any(
+        if item.originalname in HEAVY_CHECKS and any(
             f"[{name}]" in item.nodeid for name in HEAVY_CONTRACT
         ):
             item.add_marker(pytest.mark.slow)

@@ -199,7 +199,7 @@ def audio_only(path: Path) -> None:
 
 
 def stage_item(stage: ClipsStage, name: str, frames: int) -> dict:
-    clip = clip_row(name, name, num_frames=frames)
+    clip = dict(clip_row(name, name, num_frames=frames), num_segments=0)  # no segment rows
     return {"key": name.replace(".", "_"), "input": name, "clip": clip, "segments": []}
 
 
@@ -228,6 +228,23 @@ def test_tiny_and_audio_only_inputs_get_their_own_reasons(tmp_path):
     small_ok.setup()
     (row,) = small_ok.process(items[:1]).tables["clips"]
     assert (row["frames"], row["width"], row["height"]) == (19, 128, 72)  # 36 at 30 -> 16 fps
+
+
+def test_a_clip_whose_segment_rows_are_gone_is_missing_segments(tmp_path):
+    """The actions table lost the clip's segment rows (edited, or a partial copy): the
+    sample would train on no action text, so it is a reject, not a silent empty sample."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "ok.mp4", [grey(k % 18) for k in range(36)], sar=None)
+    stage = ClipsStage(
+        ClipsConfig(videos=videos, resolution="72x128", min_side=16), DataRoot.at(tmp_path)
+    )
+    stage.setup()
+    item = stage_item(stage, "ok.mp4", 36)
+    item["clip"]["num_segments"] = 2
+    (outcome,) = stage.process([item]).outcomes
+    assert (outcome.status, outcome.reason) == ("rejected", "missing_segments")
+    assert "2 segments" in outcome.detail and "holds 0" in outcome.detail
 
 
 # ---- a full disk ----------------------------------------------------------------------------

@@ -161,6 +161,12 @@ class ClipsStage(Stage[ClipsConfig]):
         cfg = self.config
         path = self.video_path(clip)
         src = SourceVideo(path, threads=cfg.threads)  # opened once: checked, then transcoded
+        if len(segments) != clip["num_segments"]:  # the actions table lost this clip's rows
+            raise Reject(
+                "missing_segments",
+                f"the clip has {clip['num_segments']} segments, "
+                f"{self.root.manifest('actions').name} holds {len(segments)} of them",
+            )
         if min(src.width, src.height) < cfg.min_side:
             raise Reject(
                 "video_too_small",
