@@ -61,10 +61,13 @@ def tar_damage(path: str | os.PathLike) -> str | None:
     """Why the tar at ``path`` is damaged, or None when every member header parses.
 
     Python's tarfile ends the member list silently at a bad header after the first one,
-    which would hide the rest of a shard, so what follows the last member must be the
-    end-of-archive zeros, and every member's data must lie inside the file. Reads the
+    and reads a file cut at a member boundary as a shorter tar, either of which would hide
+    the rest of a shard; so what follows the last member must be the end-of-archive zeros
+    (two blocks at least), and every member's data must lie inside the file. Reads the
     headers only (one seek per member)."""
     size = os.path.getsize(path)
+    if size == 0:
+        return "empty file (0 bytes)"
     try:
         with tarfile.open(path, mode="r:") as tar:
             members = tar.getmembers()
@@ -82,6 +85,8 @@ def tar_damage(path: str | os.PathLike) -> str | None:
                 at = pos + len(chunk) - len(chunk.lstrip(b"\0"))
                 return f"unreadable member header at byte {at} (after {len(members)} members)"
             pos += len(chunk)
+    if size - end < 2 * tarfile.BLOCKSIZE:
+        return f"cut off: no end-of-archive blocks after the last member (at byte {end})"
     return None
 
 

@@ -266,6 +266,25 @@ def test_corrupt_member_header_is_counted_as_damaged_and_skipped(tmp_path) -> No
     assert {next(it)["__key__"] for _ in range(30)} == {"c000", "c001", "c002"}
 
 
+def test_a_shard_cut_at_a_member_boundary_or_emptied_is_damaged(tmp_path) -> None:
+    """tarfile reads a tar cut between two members as a shorter tar without any error: the
+    reader would train on part of the shard with a skip count of 0."""
+    folder = tmp_path / "real"
+    _clip_shards(folder, 6, per_shard=3)
+    urls = indexed_shards(folder)
+    cut = pathlib.Path(urls[0])
+    with tarfile.open(cut) as tar:
+        boundary = tar.getmembers()[3].offset  # where the second sample's first member starts
+    cut.write_bytes(cut.read_bytes()[:boundary])
+    with tarfile.open(cut) as tar:
+        assert len(tar.getmembers()) == 3  # it still reads, as one whole sample
+    assert "cut off" in tar_damage(cut)
+    ds = make_window_dataset(urls, 0, 4, shuffle=0, tasks=("t2v",), max_damaged_share=0.6)
+    assert {it["__key__"] for it in ds} == {"c003", "c004", "c005"} and ds.damaged.count == 1
+    pathlib.Path(urls[1]).write_bytes(b"")
+    assert "empty file" in tar_damage(urls[1])
+
+
 def test_damage_over_the_share_stops_with_a_clear_message(tmp_path) -> None:
     folder = tmp_path / "real"
     _clip_shards(folder, 4)

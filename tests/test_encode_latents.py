@@ -35,9 +35,9 @@ from jobs.runner import RunOptions, run_stage
 from jobs.shards import run_verify
 from model.vae import VideoVAE, latent_shape
 from schemas.latents import LATENTS_MANIFEST_SCHEMA, latent_config_hash
-from schemas.sample import CLIP_SAMPLE, SHARD_INDEX_SCHEMA
+from schemas.sample import SHARD_INDEX_SCHEMA
 from tests.conftest import garbage, truncate
-from tests.test_shards import make_mp4, make_sample
+from tests.test_shards import LAX_CLIP, drop_field, make_mp4, make_sample
 from training.config import preset
 from training.mixture import Stream
 from training.run import load_checkpoint
@@ -307,16 +307,6 @@ def _clip_samples(
     return [(k, make_sample(k, frames, mp4=mp4, width=128, height=64)) for k in keys]
 
 
-# the writer of an older or other tool: it did not check the json against today's schema
-_LAX_CLIP = dataclasses.replace(CLIP_SAMPLE, validate=lambda meta: None)
-
-
-def _drop_field(sample: dict[str, bytes], field: str) -> None:
-    meta = json.loads(sample["json"])
-    del meta[field]
-    sample["json"] = json.dumps(meta).encode()
-
-
 def damaged_clip_shards(folder: Path, make) -> dict[str, Path]:
     """Five more clips made by ``make(key, mp4)`` (mp4 None: a good one), each in a shard
     of its own, as the index names them, then damaged on disk: ``dmg_garbage``'s shard
@@ -325,8 +315,8 @@ def damaged_clip_shards(folder: Path, make) -> dict[str, Path]:
     a vanish hook). Returns each clip's shard. Shared by recaption's contract case."""
     samples = {k: make(k, b"" if k == "dmg_empty" else None)
                for k in ("dmg_garbage", "dmg_cut", "dmg_empty", "dmg_nofield", "dmg_gone")}  # fmt: skip
-    _drop_field(samples["dmg_nofield"], "segments")
-    write_shards(samples.items(), folder, folder.name, max_samples=1, kind=_LAX_CLIP)
+    drop_field(samples["dmg_nofield"], "segments")
+    write_shards(samples.items(), folder, folder.name, max_samples=1, kind=LAX_CLIP)
     shard = {r["key"]: folder / r["shard"] for r in read_index(folder).to_pylist()}
     garbage(shard["dmg_garbage"])
     truncate(shard["dmg_cut"])
@@ -343,8 +333,8 @@ def test_damaged_clips_are_named_before_any_model_time(tmp_path):
     samples["garbled"]["mp4"] = bytes(range(256)) * 16
     samples["cut_mp4"]["mp4"] = mp4[: len(mp4) // 2]
     samples["empty_mp4"]["mp4"] = b""
-    _drop_field(samples["no_segments"], "segments")
-    write_shards(samples.items(), folder, "sekai-real", max_samples=1, kind=_LAX_CLIP)
+    drop_field(samples["no_segments"], "segments")
+    write_shards(samples.items(), folder, "sekai-real", max_samples=1, kind=LAX_CLIP)
     write_shards(_clip_samples(["pair_0", "pair_1"]), folder, "sekai-real", max_samples=2)
     write_shards(_clip_samples(["no_txt", "empty_tar"]), folder, "sekai-real", max_samples=1)
     shard = {r["key"]: folder / r["shard"] for r in read_index(folder).to_pylist()}
@@ -370,7 +360,7 @@ def test_damaged_clips_are_named_before_any_model_time(tmp_path):
         "empty_tar": "unreadable_shard",
     }
     assert "'segments' is a required property" in got["no_segments"][1]
-    assert "cut off" in got["pair_1"][1] and "is empty" in got["empty_tar"][1]
+    assert "cut off" in got["pair_1"][1] and "empty file" in got["empty_tar"][1]
     assert "no_txt.txt is in the index" in got["no_txt"][1]
 
 

@@ -44,7 +44,7 @@ from curation.config import option
 from curation.dataroot import check_name
 from curation.manifest import atomic_write_bytes, write_table
 from curation.provenance import provenance
-from curation.shard_reader import make_window
+from curation.shard_reader import make_window, tar_damage
 from curation.shards import LATENT_SAMPLE, ShardError, iter_shard, read_index, write_shards_from_dir
 from curation.stages.base import (
     Outcome,
@@ -98,31 +98,9 @@ class EncodeLatentsConfig:
 SHARD_READ_ERRORS = (tarfile.TarError, ShardError, EOFError, OSError)
 # what decord raises for an mp4 it cannot open (RuntimeError) or decode (DECORDError)
 DECODE_ERRORS = (RuntimeError, DECORDError)
-_TAR_END = 2 * tarfile.BLOCKSIZE  # the zero blocks that end every tar
 
 # a latent sample's key: its clip's key, the task and the window number
 _LATENT_KEY = re.compile(rf"(?P<clip>.+)-(?:{'|'.join(TASKS)})-\d+")
-
-
-def shard_damage(shard: str) -> str | None:
-    """Why the file ``shard`` is no whole tar, or None: empty, not a tar, or cut off.
-
-    A tar ends with two zero blocks; one cut at a member boundary reads as a shorter tar
-    (tarfile stops without an error there), so a missing end is checked, not inferred."""
-    size = Path(shard).stat().st_size
-    if size == 0:
-        return "is empty (0 bytes)"
-    with open(shard, "rb") as f:
-        head = f.read(tarfile.BLOCKSIZE)
-        f.seek(max(0, size - _TAR_END))
-        tail = f.read()
-    try:
-        tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")
-    except tarfile.HeaderError as e:
-        return f"is not a tar ({size} bytes; first header: {e})"
-    if size % tarfile.BLOCKSIZE or tail.strip(b"\0"):
-        return f"is cut off ({size} bytes, without a tar's end-of-archive blocks)"
-    return None
 
 
 def shard_samples(
@@ -132,13 +110,13 @@ def shard_samples(
 
     Raises Reject, for the keys not yet given: ``missing_shard`` when the shard the index
     names is not on disk, ``unreadable_shard`` when it is empty, no tar or cut off
-    (``shard_damage``: then none of its samples is given) or breaks off while read.
+    (``tar_damage``: then none of its samples is given) or breaks off while read.
     """
     if not Path(shard).is_file():
         raise Reject("missing_shard", f"{shard} is named by the index but is not on disk")
-    damage = shard_damage(shard)
+    damage = tar_damage(shard)
     if damage is not None:
-        raise Reject("unreadable_shard", f"{Path(shard).name} {damage}")
+        raise Reject("unreadable_shard", f"{Path(shard).name}: {damage}")
     try:
         for key, members in iter_shard(shard, exts):
             if key in keys:
