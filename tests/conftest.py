@@ -69,6 +69,11 @@ def garbage(path: Path) -> None:
     path.write_bytes(random.Random(0).randbytes(4096))
 
 
+def empty(path: Path) -> None:
+    """Make ``path`` a file of no bytes: a copy that never started, a placeholder."""
+    path.write_bytes(b"")
+
+
 def truncate(path: Path) -> None:
     """Keep the first half of ``path``: a copy cut off mid-way."""
     data = path.read_bytes()

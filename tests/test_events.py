@@ -40,7 +40,7 @@ from jobs.runner import RunOptions, run_stage
 from schemas.events import EVENTS_SCHEMA
 from schemas.sample import validate_sample
 from schemas.synth import SCORES_SCHEMA
-from tests.conftest import garbage, truncate
+from tests.conftest import empty, garbage, truncate
 
 TINY = dict(i2v="tiny-random", max_area=48 * 48, frames=9, steps=2, max_sequence_length=16,
             min_image_side=16)  # fmt: skip
@@ -380,7 +380,7 @@ class EventsCase:
         """Three copies of the good image, garbage, empty and cut in half, and one kept
         whole (``vanish`` deletes the original)."""
         source = config.images / "fpv_sample_0000.jpg"
-        spoil = {"dmg_garbage.jpg": garbage, "dmg_empty.jpg": lambda p: p.write_bytes(b""),
+        spoil = {"dmg_garbage.jpg": garbage, "dmg_empty.jpg": empty,
                  "dmg_truncated.jpg": truncate}  # fmt: skip
         for name in [*spoil, "second.jpg"]:
             shutil.copy(source, config.images / name)

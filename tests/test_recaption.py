@@ -528,17 +528,13 @@ def test_an_empty_mp4_or_a_bad_json_is_named_before_captioning(tmp_path):
     from curation.dataroot import DataRoot
     from curation.shards import write_shards
     from curation.stages.recaption import RecaptionStage
-    from schemas.sample import CLIP_SAMPLE
-    from tests.test_shards import make_mp4, make_sample
+    from tests.test_shards import LAX_CLIP, drop_field, make_mp4, make_sample
 
     root = DataRoot.at(tmp_path / "data")
     samples = {k: make_sample(k, 16, mp4=make_mp4(16, 64, 48)) for k in ("no_segments", "empty")}
     samples["empty"]["mp4"] = b""
-    meta = json.loads(samples["no_segments"]["json"])
-    del meta["segments"]
-    samples["no_segments"]["json"] = json.dumps(meta).encode()
-    lax = dataclasses.replace(CLIP_SAMPLE, validate=lambda meta: None)  # an older writer
-    write_shards(samples.items(), root.shards("sekai-real"), "sekai-real", kind=lax)
+    drop_field(samples["no_segments"], "segments")
+    write_shards(samples.items(), root.shards("sekai-real"), "sekai-real", kind=LAX_CLIP)
     stage = RecaptionStage(_config(window_seconds=0.0), root)
     items, _ = runner.discover(stage)
     stage.setup()

@@ -32,7 +32,7 @@ from curation.stages.recaption import RecaptionStage
 from jobs.cli import JOBS
 from jobs.runner import JobError, RunOptions, run_stage
 from schemas.actions import CLIPS_SCHEMA, SEGMENTS_SCHEMA
-from tests.conftest import FAILURE_CLASSES, garbage, truncate
+from tests.conftest import FAILURE_CLASSES, empty, garbage, truncate
 from tests.test_dedup_captions import DedupCaptionsCase
 from tests.test_encode_latents import EncodeLatentsCase
 from tests.test_events import EventsCase
@@ -86,7 +86,7 @@ class ActionsCase:
         write_sample_release(release, clips=3, frames=120, seed=13)
         paths = sorted(release.rglob("*.npz"))
         garbage(paths[0])
-        paths[1].write_bytes(b"")
+        empty(paths[1])
         truncate(paths[2])
         csv = next(release.rglob("*.csv"))
         header = csv.read_text().splitlines()[0].split(",")
@@ -165,7 +165,7 @@ class ClipsCase:
         whose segment rows are missing from the actions table."""
         rows = pq.read_table(DataRoot.at(tmp / "data").manifest("action_clips")).to_pylist()
         good = rows[1]
-        damaged = {"dmg_garbage": garbage, "dmg_empty": lambda p: p.write_bytes(b""),
+        damaged = {"dmg_garbage": garbage, "dmg_empty": empty,
                    "dmg_truncated": truncate}  # fmt: skip
         for clip_id, spoil in damaged.items():
             video = Path(config.videos) / f"{clip_id}.mp4"

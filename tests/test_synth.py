@@ -36,7 +36,7 @@ from jobs.cli import app
 from jobs.runner import RunOptions, run_stage
 from jobs.synth import run_synth
 from schemas.synth import GENERATED_SCHEMA
-from tests.conftest import garbage, truncate
+from tests.conftest import empty, garbage, truncate
 
 TINY = dict(t2v="tiny-random", resolution="32x32", frames=9, steps=2, max_sequence_length=16)
 
@@ -119,7 +119,7 @@ def test_wan_settings_are_checked():
 
 @pytest.mark.parametrize(
     ("name", "spoil", "reason"),
-    [("garbage.csv", garbage, "bad_csv"), ("empty.csv", lambda p: p.write_bytes(b""), "bad_csv"),
+    [("garbage.csv", garbage, "bad_csv"), ("empty.csv", empty, "bad_csv"),
      ("garbage.parquet", garbage, "bad_parquet"), ("garbage.txt", garbage, "bad_txt"),
      ("other.csv", lambda p: p.write_text("id,words\np0,a fox\n"), "no_caption_column")],
 )  # fmt: skip
@@ -319,6 +319,14 @@ class SynthGenerateCase:
         return {}
 
 
+def _spoil_generated(tmp: Path) -> None:
+    """Make the mp4s of syn_static_g, _e and _t garbage, empty and cut in half."""
+    folder = DataRoot.at(tmp / "data").staging(GENERATED_DATASET)
+    garbage(folder / "syn_static_g.mp4")
+    empty(folder / "syn_static_e.mp4")
+    truncate(folder / "syn_static_t.mp4")
+
+
 def _fake_generated(tmp: Path, names: list[str], missing: tuple[str, ...] = ()) -> None:
     """Generated-video rows + mp4s (known videos) under <tmp>/data, as synth-generate."""
     root = DataRoot.at(tmp / "data")
@@ -380,10 +388,7 @@ class SynthScoreCase:
     def damage(self, tmp: Path, config: SynthScoreConfig) -> tuple[SynthScoreConfig, dict]:
         """Three more generated rows whose mp4s are garbage, empty and cut in half."""
         _fake_generated(tmp, ["static_g", "static_e", "static_t"])
-        folder = DataRoot.at(tmp / "data").staging(GENERATED_DATASET)
-        garbage(folder / "syn_static_g.mp4")
-        (folder / "syn_static_e.mp4").write_bytes(b"")
-        truncate(folder / "syn_static_t.mp4")
+        _spoil_generated(tmp)
         return config, {
             "syn_static_g": ("garbage", "unreadable_video"),
             "syn_static_e": ("empty", "empty_video"),
@@ -452,10 +457,7 @@ class SynthSelectCase:
         _fake_generated(tmp, ["static_g", "static_e", "static_t", "moving_x"])
         self._score(tmp)
         _drop_generated(tmp, "syn_moving_x")
-        folder = DataRoot.at(tmp / "data").staging(GENERATED_DATASET)
-        garbage(folder / "syn_static_g.mp4")
-        (folder / "syn_static_e.mp4").write_bytes(b"")
-        truncate(folder / "syn_static_t.mp4")
+        _spoil_generated(tmp)
         return config, {
             "syn_static_g": ("garbage", "not_a_video"),
             "syn_static_e": ("empty", "empty_video"),
